@@ -1,0 +1,5 @@
+import sys
+
+from whispertune.cli import main
+
+sys.exit(main())

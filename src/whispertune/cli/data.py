@@ -1,0 +1,7 @@
+"""CLI: `whispertune data` (placeholder, being written)."""
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI: `whispertune evaluate` (placeholder, being written)."""
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass

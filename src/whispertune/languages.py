@@ -1,0 +1,37 @@
+"""Language names and codes as Whisper knows them ("Chinese", "chinese", "zh" all mean zh)."""
+
+from __future__ import annotations
+
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+from whispertune.errors import UserError
+
+
+class UnknownLanguageError(UserError):
+    pass
+
+
+def language_code(name: str) -> str:
+    """Whisper's code (``zh``) for a code, an English name or an alias, case-insensitively."""
+    key = name.strip().lower()
+    if key in LANGUAGES:
+        return key
+    if key in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[key]
+    raise UnknownLanguageError(
+        f"unknown language {name!r}: use a Whisper language code (zh, en, de, ...) or its "
+        "English name (Chinese, English, German, ...)"
+    )
+
+
+def language_name(code_or_name: str) -> str:
+    """The English name Whisper uses (``chinese``) for a code or name."""
+    return LANGUAGES[language_code(code_or_name)]
+
+
+def is_known_language(name: str) -> bool:
+    try:
+        language_code(name)
+    except UnknownLanguageError:
+        return False
+    return True
