@@ -33,8 +33,9 @@ def _read_soundfile(path: Path, start: float | None, end: float | None) -> np.nd
     first = int(round((start or 0.0) * SAMPLE_RATE))
     last = int(round(end * SAMPLE_RATE)) if end is not None else -1
     try:
-        data, _ = sf.read(str(path), start=first, stop=None if last < 0 else last,
-                          dtype="float32", always_2d=True)
+        data, _ = sf.read(
+            str(path), start=first, stop=None if last < 0 else last, dtype="float32", always_2d=True
+        )
     except Exception:
         return None
     return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]

@@ -57,6 +57,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = 
         if not f.init or f.metadata.get("cli") is False:
             continue
         tp = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):  # nested options: their flags sit beside ours
+            add_options(parser, tp)
+            continue
         default = _field_default(f)
         help_text = f.metadata.get("help", "")
         kwargs: dict[str, Any] = {}
@@ -139,6 +142,15 @@ def build(cls: type[T], values: dict[str, Any], source: str = "options") -> T:
     """Create ``cls`` from a dict, coercing types and rejecting unknown keys with a clear error."""
     hints = typing.get_type_hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    values = dict(values)
+    nested: dict[str, Any] = {}
+    for name in list(names):
+        tp = _unwrap_optional(hints[name])
+        if dataclasses.is_dataclass(tp) and not isinstance(values.get(name), tp):
+            own = option_names(tp)
+            sub = values.pop(name, None) or {}
+            sub.update({k: values.pop(k) for k in list(values) if k in own})
+            nested[name] = build(tp, sub, source)
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(
@@ -161,9 +173,8 @@ def build(cls: type[T], values: dict[str, Any], source: str = "options") -> T:
         if choices and value is not None and value not in choices:
             raise ConfigError(f"{source}: {name} must be one of {', '.join(map(str, choices))}")
         kwargs[name] = value
-    missing = [
-        n for n, f in names.items() if _field_default(f) is _MISSING and n not in kwargs
-    ]
+    kwargs.update(nested)
+    missing = [n for n, f in names.items() if _field_default(f) is _MISSING and n not in kwargs]
     if missing:
         raise ConfigError(f"{source}: missing required option(s): {', '.join(missing)}")
     return cls(**kwargs)
@@ -175,9 +186,21 @@ def from_args(cls: type[T], ns: argparse.Namespace) -> T:
     config = getattr(ns, "config", None)
     if config is not None:
         values.update(load_config_file(config))
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    names = option_names(cls)
     values.update({k: v for k, v in vars(ns).items() if k in names})
     return build(cls, values, source=str(config) if config else "options")
+
+
+def option_names(cls: type) -> set[str]:
+    """All option names of ``cls``, nested option dataclasses included (flattened)."""
+    hints = typing.get_type_hints(cls)
+    names: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = _unwrap_optional(hints[f.name])
+        names |= option_names(tp) if dataclasses.is_dataclass(tp) else {f.name}
+    return names
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

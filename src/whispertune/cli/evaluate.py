@@ -1,7 +1,50 @@
-"""CLI: `whispertune evaluate` (placeholder, being written)."""
+"""CLI: ``whispertune evaluate`` -> whispertune.evaluate.evaluate."""
+
+from __future__ import annotations
 
 import argparse
+import json
+
+from whispertune import options
+from whispertune.cli._progress import progress_bar
+from whispertune.evaluate import EvaluateOptions, EvaluationReport, evaluate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on a manifest (CER/WER)",
+        description="Decode every clip of a manifest and print CER or WER with substitutions, "
+        "deletions, insertions and speed. Texts are normalized first (punctuation removed, "
+        "traditional->simplified Chinese, Whisper's English normalizer for WER).",
+    )
+    options.add_options(p, EvaluateOptions, config_file=True)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def print_report(report: EvaluationReport) -> None:
+    name = report.metric.upper()
+    print(
+        f"{name}: {report.error_rate * 100:.2f} %  "
+        f"(S {report.substitutions}, D {report.deletions}, I {report.insertions}, "
+        f"N {report.reference_length})"
+    )
+    print(
+        f"clips: {report.clips}, audio: {report.audio_seconds:.1f} s, "
+        f"time: {report.wall_seconds:.1f} s, {report.clips_per_second:.2f} clips/s, "
+        f"RTF {report.rtf:.3f}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = options.from_args(EvaluateOptions, args)
+    with progress_bar("evaluating") as progress:
+        report = evaluate(opts, progress=progress)
+    if args.json:
+        print(json.dumps(report.summary(), ensure_ascii=False, indent=2))
+    else:
+        print_report(report)
+        if opts.output:
+            print(f"per-utterance results (worst first): {opts.output}")
+    return 0

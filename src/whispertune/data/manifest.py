@@ -4,7 +4,8 @@ A line looks like::
 
     {"audio": {"path": "clips/a.wav", "start_time": 1.0, "end_time": 4.2},
      "sentence": "text", "language": "Chinese", "duration": 3.2,
-     "sentences": [{"start": 0.0, "end": 1.5, "text": "te"}, {"start": 1.5, "end": 3.2, "text": "xt"}]}
+     "sentences": [{"start": 0.0, "end": 1.5, "text": "te"},
+                   {"start": 1.5, "end": 3.2, "text": "xt"}]}
 
 Relative audio paths resolve against the manifest's folder, so a data set can be moved as a
 whole. An empty ``sentence`` with no (or empty) ``sentences`` is a no-speech sample. The seed

