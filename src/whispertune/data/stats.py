@@ -214,7 +214,7 @@ def format_stats(stats: ManifestStats) -> str:
     lines.append("histogram:")
     largest = max(stats.histogram.values(), default=0)
     for label, count in stats.histogram.items():
-        lines.append(f"  {label:>8} {count:6d} {_bar(count, largest)}")
+        lines.append(f"  {label:>8} {count:6d} {_bar(count, largest)}".rstrip())
     lines.append("languages:   " + ", ".join(f"{k} {v}" for k, v in stats.languages.items()))
     lines.append(f"chars/clip:  {summary(stats.chars_per_clip, '')}")
     if stats.tokens_per_clip is not None:
