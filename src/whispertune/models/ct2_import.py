@@ -93,6 +93,8 @@ def read_ct2_model(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
             nbytes = take("I")
             raw = buf[offset : offset + nbytes]
             offset += nbytes
+            if len(raw) != nbytes:
+                raise IndexError(name)
             if dtype == "bfloat16":
                 u16 = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
                 arr = u16.view(np.float32)
@@ -102,7 +104,7 @@ def read_ct2_model(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
         for _ in range(take("I")):
             alias, target = take_string(), take_string()
             variables[alias] = variables[target]
-    except (struct.error, IndexError) as e:
+    except (struct.error, IndexError, ValueError) as e:
         raise UserError(f"{path}: truncated or not a CTranslate2 model file") from e
     return spec, variables
 
