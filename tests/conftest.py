@@ -47,7 +47,7 @@ def make_manifest() -> Callable[[Path, list], Path]:
     return write_jsonl
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real speech data beside the repository (``../shared/data``); skips when absent."""
     if not (SHARED_DATA / "zh" / "aishell_s0150" / "manifest.jsonl").is_file():

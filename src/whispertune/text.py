@@ -35,7 +35,7 @@ def _is_punctuation(ch: str) -> bool:
     # Unicode categories P* (punctuation) and S* (symbols like ￥, ～), which covers ASCII and
     # the full-width CJK forms (，。！？、；：「」『』（）《》) alike.
     cat = unicodedata.category(ch)
-    return cat.startswith("P") or (cat.startswith("S") and ch not in "+%$€£¥")
+    return cat.startswith(("P", "S"))
 
 
 def remove_punctuation(text: str) -> str:

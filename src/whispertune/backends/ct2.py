@@ -74,7 +74,9 @@ class CT2Transcriber(Transcriber):
         self.eot = self.hf_tokenizer.token_to_id("<|endoftext|>")
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
-        feats = self.feature_extractor(audio)[:, :N_FRAMES]
+        # Pad with 30 s of silence *before* the mel transform, as Whisper was trained (and as
+        # transformers does): zero-padding the features instead changes the decoded text.
+        feats = self.feature_extractor(audio, padding=N_FRAMES * 160)[:, :N_FRAMES]
         if feats.shape[1] < N_FRAMES:
             feats = np.pad(feats, ((0, 0), (0, N_FRAMES - feats.shape[1])))
         return feats.astype(np.float32)

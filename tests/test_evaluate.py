@@ -1,0 +1,93 @@
+"""Evaluation: scoring arithmetic on known pairs, and whole runs on real and tiny models."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from tests.tiny import save_tiny_whisper
+from whispertune import options
+from whispertune.cli import main
+from whispertune.errors import UserError
+from whispertune.evaluate import EvaluateOptions, evaluate, score_pairs
+
+SAMPLE = "src/whispertune/samples/aishell_s0150/test.jsonl"
+
+
+def test_cer_counts_substitutions_deletions_insertions():
+    s, d, i, n, per = score_pairs(["abcd", "xyz"], ["abed", "xyzzq"], "cer")
+    assert (s, d, i, n) == (1, 0, 2, 7) and per == [1, 2]
+    s, d, i, n, per = score_pairs(["你好世界"], ["你世界啊"], "cer")
+    assert (s, d, i, n) == (0, 1, 1, 4)
+
+
+def test_wer_counts_words():
+    s, d, i, n, _ = score_pairs(["the cat sat"], ["the bat sat down"], "wer")
+    assert (s, d, i, n) == (1, 0, 1, 3)
+
+
+def test_empty_reference_counts_insertions():
+    s, d, i, n, per = score_pairs([""], ["ab"], "cer")
+    assert (i, n, per) == (2, 0, [2])
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    return save_tiny_whisper(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+@pytest.mark.parametrize("backend", ["transformers", "ct2"])
+def test_tiny_model_runs_end_to_end_on_both_backends(tiny_hf, tmp_path, backend, monkeypatch):
+    monkeypatch.setenv("WHISPERTUNE_CACHE", str(tmp_path / "cache"))
+    opts = options.build(EvaluateOptions, {
+        "manifest": SAMPLE, "model": str(tiny_hf), "backend": backend, "limit": 3,
+        "beam_size": 1, "max_new_tokens": 8, "compute_type": "float32",
+        "output": tmp_path / "utt.jsonl",
+    })
+    seen = []
+    report = evaluate(opts, progress=lambda done, total: seen.append((done, total)))
+    assert report.clips == 3 and report.metric == "cer"
+    assert seen[-1] == (3, 3)
+    assert report.error_rate > 0.5  # random weights: nonsense, but scored
+    rows = [json.loads(line) for line in (tmp_path / "utt.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    assert [r["error_rate"] for r in rows] == sorted((r["error_rate"] for r in rows), reverse=True)
+
+
+def test_cancel_stops_before_decoding(tiny_hf):
+    cancel = threading.Event()
+    cancel.set()
+    opts = options.build(EvaluateOptions, {"manifest": SAMPLE, "model": str(tiny_hf),
+                                           "backend": "transformers"})
+    with pytest.raises(UserError, match="cancelled"):
+        evaluate(opts, cancel=cancel)
+
+
+def test_missing_audio_names_manifest_line(tmp_path, tiny_hf):
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio": {"path": "gone.wav"}, "sentence": "x"}\n')
+    assert main(["evaluate", "--manifest", str(m), "--model", str(tiny_hf),
+                 "--backend", "transformers"]) == 2
+
+
+@pytest.mark.slow
+def test_builtin_base_mandarin_cer_and_cli(capsys, tmp_path):
+    code = main(["evaluate", "--manifest", SAMPLE, "--limit", "16", "--json",
+                 "--output", str(tmp_path / "u.jsonl")])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["metric"] == "cer" and summary["clips"] == 16
+    assert 0.05 < summary["error_rate"] < 0.45
+    assert summary["substitutions"] + summary["deletions"] + summary["insertions"] > 0
+
+
+@pytest.mark.slow
+def test_builtin_base_english_wer(shared_data):
+    opts = options.build(EvaluateOptions, {
+        "manifest": shared_data / "en/ljspeech/manifest.jsonl", "limit": 12, "beam_size": 1,
+    })
+    report = evaluate(opts)
+    assert report.metric == "wer"
+    assert report.error_rate < 0.2
