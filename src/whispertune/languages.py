@@ -6,6 +6,10 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGU
 
 from whispertune.errors import UserError
 
+# Languages written without spaces between words: scored by characters (CER), and their
+# transcripts are not preceded by a space token in Whisper's output.
+NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "ko", "th", "lo", "my", "km", "bo", "yue"})
+
 
 class UnknownLanguageError(UserError):
     pass

@@ -1,0 +1,92 @@
+"""CLI: ``whispertune train`` -> whispertune.train.train; ``whispertune merge`` ->
+whispertune.merge.merge_adapter."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from whispertune import options
+from whispertune.train.config import TrainOptions
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune with LoRA, AdaLoRA or full training (resumable, multi-process)",
+        description="Fine-tune a Whisper model on a manifest. Progress bar with loss and "
+        "learning rate; metrics in OUTPUT/metrics.jsonl and OUTPUT/tensorboard; checkpoints in "
+        "OUTPUT/checkpoints (atomic, pruned); the best model by eval CER/WER (or the last "
+        "without --eval) in OUTPUT/best, loadable by every command. Multi-process: run the "
+        "same command under 'torchrun --nproc_per_node N -m whispertune train ...' or "
+        "'accelerate launch -m whispertune train ...'.",
+    )
+    options.add_options(p, TrainOptions, config_file=True)
+    p.set_defaults(func=_train)
+    m = sub.add_parser(
+        "merge",
+        help="merge a LoRA/AdaLoRA adapter into a plain transformers checkpoint",
+        description="Merge an adapter (e.g. runs/x/best) into its base model and write a full "
+        "checkpoint with tokenizer, preprocessor and generation config.",
+    )
+    m.add_argument("--adapter", required=True, help="adapter directory (e.g. runs/x/best)")
+    m.add_argument("--output", type=Path, required=True, help="directory to write")
+    m.add_argument("--base-model", default=None,
+                   help="base model, if the adapter's recorded base cannot be resolved here")
+    m.add_argument("--force", action="store_true", help="replace an existing output directory")
+    m.set_defaults(func=_merge)
+
+
+class _Bar:
+    """Turns training events into a tqdm bar (main process only)."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.cache: tqdm | None = None
+
+    def __call__(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "cache":
+            if self.cache is None:
+                self.cache = tqdm(total=event["total"], desc="encoder cache", unit="clip")
+            self.cache.update(event["done"] - self.cache.n)
+        elif kind == "start":
+            if self.cache is not None:
+                self.cache.close()
+            self.bar = tqdm(total=event["total_steps"], initial=event["step"], desc="training",
+                            unit="step", dynamic_ncols=True)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(event["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+        elif kind == "eval" and self.bar is not None:
+            self.bar.write(f"step {event['step']}: eval {event['metric']} "
+                           f"{event['value'] * 100:.2f} % (best {event['best'] * 100:.2f} %)")
+        elif kind == "end" and self.bar is not None:
+            self.bar.close()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from whispertune.train import train
+
+    opts = options.from_args(TrainOptions, args)
+    main_process = PartialState().is_main_process
+    result = train(opts, progress=_Bar() if main_process else None)
+    if main_process:
+        print(f"{result.status}: {result.steps} steps in {result.seconds / 60:.1f} min; "
+              f"{result.train_samples} training samples ({result.filtered})")
+        if result.best_metric is not None:
+            print(f"best eval {result.metric_name}: {result.best_metric * 100:.2f} %")
+        print(f"model: {result.best_dir}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from whispertune.merge import merge_adapter
+
+    out = merge_adapter(args.adapter, args.output, base=args.base_model, force=args.force)
+    print(f"merged model: {out}")
+    return 0

@@ -1,0 +1,152 @@
+"""Checkpoints that a crash cannot corrupt, and resume that continues exactly where a run was.
+
+A checkpoint is written into a temporary folder and renamed into place; ``latest`` (a small
+text file, itself replaced atomically) names the newest complete checkpoint. A run killed
+mid-save leaves at worst a ``*.tmp`` folder that the next save or resume removes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+BEST = "best"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class TrainerState:
+    """Where training is: enough to continue bit-for-bit (with the saved RNG states)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (this rank)
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        return cls(**json.loads(text))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: TrainerState,
+    model,
+    optimizer,
+    scheduler,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoints/step-N atomically, point ``latest`` at it, prune old ones (the best
+    checkpoint is never pruned)."""
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state.step:07d}"
+    final = root / name
+    tmp = root / (name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp, safe_serialization=True)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "extra": extra or {},
+        },
+        tmp / "training_state.pt",
+    )
+    (tmp / "trainer_state.json").write_text(state.to_json(), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _replace_text(run_dir / LATEST, name + "\n")
+    prune_checkpoints(run_dir, keep, state.best_step)
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep: int, best_step: int | None) -> None:
+    root = run_dir / CHECKPOINTS
+    for stale in root.glob("*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    done = sorted(p for p in root.glob("step-*") if p.is_dir())
+    protected = {f"step-{best_step:07d}"} if best_step is not None else set()
+    removable = [p for p in done if p.name not in protected]
+    for p in removable[: max(0, len(removable) - max(1, keep))]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / LATEST
+    if not pointer.is_file():
+        return None
+    path = run_dir / CHECKPOINTS / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / "trainer_state.json").is_file() else None
+
+
+def load_training_state(checkpoint: Path) -> tuple[TrainerState, dict[str, Any]]:
+    state = TrainerState.from_json((checkpoint / "trainer_state.json").read_text("utf-8"))
+    blob = torch.load(checkpoint / "training_state.pt", weights_only=False)
+    return state, blob
+
+
+def publish_best(run_dir: Path, checkpoint: Path, processor) -> Path:
+    """Copy a checkpoint's model files to run_dir/best (atomically), with the processor files
+    so ``best`` is a model directory every command loads."""
+    best = run_dir / BEST
+    tmp = run_dir / (BEST + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("training_state.pt"))
+    processor.tokenizer.save_pretrained(tmp)
+    processor.feature_extractor.save_pretrained(tmp)
+    old = run_dir / (BEST + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
+    return best

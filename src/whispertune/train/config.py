@@ -1,0 +1,181 @@
+"""Every training option, its default and why, in one place (CLI, YAML and web UI read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METHODS = ("lora", "adalora", "full")
+
+
+@dataclass
+class TrainOptions:
+    train: Path = field(metadata={"help": "training manifest (JSONL)"})
+    output: Path = field(metadata={"help": "run directory: checkpoints, metrics, best model"})
+    model: str = field(
+        default="builtin:base",
+        metadata={
+            "help": "model to fine-tune: builtin:base, a transformers/CTranslate2 "
+            "directory, an adapter directory or a hub id"
+        },
+    )
+    eval: Path | None = field(
+        default=None, metadata={"help": "evaluation manifest; scored by CER/WER with generate"}
+    )
+    method: str = field(
+        default="lora",
+        metadata={"help": "lora / adalora (peft adapters) or full fine-tuning", "choices": METHODS},
+    )
+    language: str | None = field(
+        default=None,
+        metadata={"help": "language of samples without a 'language' field (e.g. Chinese, en)"},
+    )
+    task: str = field(
+        default="transcribe",
+        metadata={"help": "transcribe or translate", "choices": ["transcribe", "translate"]},
+    )
+    # --- what is trained
+    lora_scope: str = field(
+        default="all",
+        metadata={
+            "help": "LoRA/AdaLoRA on encoder and decoder (all) or the decoder only "
+            "(decoder: enables the encoder-output cache)",
+            "choices": ["all", "decoder"],
+        },
+    )
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank (AdaLoRA: the target rank)"})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        metadata={"help": "module names that get adapters"},
+    )
+    freeze_encoder: bool = field(
+        default=False,
+        metadata={"help": "full fine-tuning: keep the encoder frozen (enables the encoder cache)"},
+    )
+    encoder_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "when the encoder is frozen and augmentation is off, compute encoder "
+            "outputs once per clip (fp16, on disk) and train the decoder on them"
+        },
+    )
+    # --- optimisation
+    epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "stop after this many optimizer steps (overrides epochs)"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "samples per step and process"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "peak learning rate (default: 1e-3 for LoRA/AdaLoRA, 1e-5 for full)"},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps"})
+    scheduler: str = field(
+        default="linear",
+        metadata={
+            "help": "learning-rate decay after warmup",
+            "choices": ["linear", "cosine", "constant"],
+        },
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing factor"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in backward: less memory, slower"}
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, bf16 (CPU with AVX512-BF16 or GPU) or fp16 (CUDA only)",
+            "choices": ["fp32", "bf16", "fp16"],
+        },
+    )
+    load_8bit: bool = field(
+        default=False, metadata={"help": "load the base model in 8 bits (bitsandbytes + CUDA)"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed (data order, dropout, init)"})
+    # --- targets
+    timestamps: bool = field(
+        default=False, metadata={"help": "train timestamped targets from 'sentences'"}
+    )
+    timestamp_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "with --timestamps: fraction of samples with 'sentences' trained "
+            "timestamped, the rest plain (training only one form breaks the other)"
+        },
+    )
+    # --- data filters
+    min_duration: float = field(default=0.5, metadata={"help": "skip clips shorter (s)"})
+    max_duration: float = field(default=30.0, metadata={"help": "skip clips longer (s)"})
+    max_label_tokens: int = field(
+        default=448, metadata={"help": "skip targets longer than this (decoder limit 448)"}
+    )
+    # --- augmentation (off by default)
+    noise_dir: Path | None = field(
+        default=None, metadata={"help": "folder of noise recordings mixed in at random SNR"}
+    )
+    noise_prob: float = field(default=0.0, metadata={"help": "probability of adding noise"})
+    noise_snr: list[float] = field(
+        default_factory=lambda: [5.0, 30.0], metadata={"help": "SNR range in dB", "nargs": 2}
+    )
+    speed_prob: float = field(default=0.0, metadata={"help": "probability of speed perturbation"})
+    speed_range: list[float] = field(
+        default_factory=lambda: [0.9, 1.1], metadata={"help": "speed factor range", "nargs": 2}
+    )
+    volume_prob: float = field(default=0.0, metadata={"help": "probability of a volume change"})
+    volume_db: list[float] = field(
+        default_factory=lambda: [-10.0, 6.0], metadata={"help": "gain range in dB", "nargs": 2}
+    )
+    shift_prob: float = field(default=0.0, metadata={"help": "probability of a time shift"})
+    shift_ms: float = field(default=500.0, metadata={"help": "maximum time shift (ms)"})
+    spec_augment: bool = field(
+        default=False, metadata={"help": "SpecAugment (time/frequency masking) in the model"}
+    )
+    # --- evaluation, checkpoints
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "evaluate every N steps (default: once per epoch)"}
+    )
+    save_steps: int | None = field(
+        default=None, metadata={"help": "checkpoint every N steps (default: once per epoch)"}
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "keep this many recent checkpoints (the best is kept too)"}
+    )
+    eval_beam_size: int = field(default=1, metadata={"help": "beam width when evaluating"})
+    eval_batch_size: int = field(default=16, metadata={"help": "clips per evaluation batch"})
+    eval_limit: int | None = field(default=None, metadata={"help": "score only N eval clips"})
+    metric: str = field(
+        default="auto",
+        metadata={"help": "cer, wer or auto (by language)", "choices": ["auto", "cer", "wer"]},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "stop after N evaluations without improvement"}
+    )
+    # --- run control
+    resume: bool = field(default=False, metadata={"help": "continue the run in --output"})
+    force: bool = field(default=False, metadata={"help": "start over in a non-empty --output"})
+    num_workers: int = field(default=1, metadata={"help": "data loading worker processes"})
+    log_steps: int = field(default=5, metadata={"help": "log loss and learning rate every N steps"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = default)"})
+
+    def peak_lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-5 if self.method == "full" else 1e-3
+
+    def encoder_frozen(self) -> bool:
+        if self.method == "full":
+            return self.freeze_encoder
+        return self.lora_scope == "decoder"
+
+    def augmenting(self) -> bool:
+        return (
+            any(
+                p > 0 for p in (self.noise_prob, self.speed_prob, self.volume_prob, self.shift_prob)
+            )
+            or self.spec_augment
+        )

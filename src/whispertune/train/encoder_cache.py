@@ -1,0 +1,126 @@
+"""Encoder outputs computed once per clip, for training the decoder alone.
+
+Why: every clip passes Whisper's encoder as a padded 30 s window, forward and backward, and
+that is most of the cost of a training step. When the encoder is frozen (decoder-only LoRA or
+full fine-tuning with a frozen encoder) and the audio is not augmented, its output for a clip
+never changes: computing it once and reading it back each epoch leaves only the (small)
+decoder to run. Outputs are stored fp16 in a memory-mapped file (1500 x d_model per clip).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class EncoderCache:
+    def __init__(self, path: Path, count: int, frames: int, width: int) -> None:
+        self.path = path
+        self.shape = (count, frames, width)
+        self._array: np.memmap | None = None
+
+    @property
+    def array(self) -> np.memmap:
+        if self._array is None:  # opened lazily: works in DataLoader worker processes
+            self._array = np.memmap(self.path, dtype=np.float16, mode="r", shape=self.shape)
+        return self._array
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.asarray(self.array[index], dtype=np.float32)
+
+    def __getstate__(self):
+        return {"path": self.path, "shape": self.shape, "_array": None}
+
+    def __setstate__(self, state):
+        self.path, self.shape, self._array = state["path"], state["shape"], None
+
+
+def cache_key(model_dir: Path, samples: list, n_mels: int) -> str:
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "config.json"):
+        p = Path(model_dir) / name
+        if p.exists():
+            st = p.stat()
+            digest.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for s in samples:
+        digest.update(f"{s.audio_path}:{s.start_time}:{s.end_time}".encode())
+    digest.update(str(n_mels).encode())
+    return digest.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def build_encoder_cache(
+    encoder: torch.nn.Module,
+    dataset,
+    directory: Path,
+    key: str,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> EncoderCache:
+    """Encode every clip of ``dataset`` (unaugmented) into ``directory/encoder-KEY.f16``.
+
+    A finished cache is reused; a partial one (killed run) is rebuilt: completion is marked by
+    a sidecar JSON written after the data is flushed.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    data_path = directory / f"encoder-{key}.f16"
+    meta_path = directory / f"encoder-{key}.json"
+    n = len(dataset)
+    d_model = encoder.config.d_model
+    frames = encoder.config.max_source_positions
+    if meta_path.is_file() and data_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("shape") == [n, frames, d_model]:
+            logger.info("reusing encoder cache %s", data_path)
+            return EncoderCache(data_path, n, frames, d_model)
+    tmp = data_path.with_name(data_path.name + ".tmp")
+    out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, frames, d_model))
+    encoder.eval()
+    param = next(encoder.parameters())
+    for i in range(0, n, batch_size):
+        idx = list(range(i, min(n, i + batch_size)))
+        feats = np.stack([dataset.features(dataset.audio(j)) for j in idx])
+        hidden = encoder(torch.from_numpy(feats).to(param.device, param.dtype)).last_hidden_state
+        out[idx[0] : idx[-1] + 1] = hidden.float().cpu().numpy().astype(np.float16)
+        if progress is not None:
+            progress(idx[-1] + 1, n)
+    out.flush()
+    del out
+    os.replace(tmp, data_path)
+    meta_path.write_text(json.dumps({"shape": [n, frames, d_model]}))
+    return EncoderCache(data_path, n, frames, d_model)
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """The same items as the speech dataset, with encoder outputs in place of features."""
+
+    def __init__(self, dataset, cache: EncoderCache) -> None:
+        self.dataset = dataset
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def epoch(self) -> int:
+        return self.dataset.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.dataset.epoch = value
+
+    def __getitem__(self, index: int) -> dict:
+        return {
+            "index": index,
+            "encoder_hidden": self.cache[index],
+            "labels": self.dataset.labels(index),
+        }

@@ -1,0 +1,623 @@
+"""The training loop: one loop for LoRA, AdaLoRA and full fine-tuning, single- or multi-process.
+
+accelerate makes the same code run under ``python``, ``torchrun --nproc_per_node N`` and
+``accelerate launch`` (DDP over gloo on CPU, NCCL on GPUs). The loop owns checkpointing and
+resume, so an interrupted run continues exactly: model, optimizer, scheduler, RNG, AdaLoRA
+state and the position in the epoch's batch order are all restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from whispertune import options as opts
+from whispertune.errors import UserError
+from whispertune.train import checkpoint as ckpt
+from whispertune.train.config import TrainOptions
+from whispertune.train.dataset import (
+    SpeechDataset,
+    collate,
+    epoch_batches,
+    filter_samples,
+    load_checked_manifest,
+    rank_batches,
+    steps_per_epoch,
+)
+from whispertune.train.labels import SpecialTokens
+from whispertune.train.model import build_model, check_hardware
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], None]
+_RUN_FILES = (
+    "run.json",
+    "metrics.jsonl",
+    ckpt.LATEST,
+    ckpt.CHECKPOINTS,
+    ckpt.BEST,
+    "cache",
+    "tensorboard",
+)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_dir: Path
+    steps: int
+    best_metric: float | None
+    metric_name: str | None
+    status: str  # "finished" | "cancelled" | "early-stopped"
+    train_samples: int
+    filtered: str
+    seconds: float
+
+
+def _prepare_run_dir(run_dir: Path, options: TrainOptions, is_main: bool) -> Path | None:
+    """Refuse to mix runs; returns the checkpoint to resume from, if any."""
+    occupied = run_dir.exists() and any(run_dir.iterdir())
+    latest = ckpt.latest_checkpoint(run_dir) if run_dir.exists() else None
+    if options.resume:
+        if latest is None:
+            logger.warning(
+                "--resume: no checkpoint in %s yet; starting from the beginning", run_dir
+            )
+        return latest
+    if occupied and not options.force:
+        raise UserError(
+            f"{run_dir}: already holds files (another run?); pass --resume to continue it or "
+            "--force to start over (its checkpoints and metrics are deleted)"
+        )
+    if occupied and is_main:
+        for name in _RUN_FILES:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    return None
+
+
+class Trainer:
+    """Holds the state of one run; ``run()`` trains. Built by :func:`train`."""
+
+    def __init__(
+        self, options: TrainOptions, progress: ProgressFn | None, cancel: threading.Event | None
+    ) -> None:
+        from accelerate import Accelerator
+
+        check_hardware(options)
+        self.o = options
+        self.progress = progress or (lambda event: None)
+        self.cancel = cancel
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[options.precision]
+        self.acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+        self.is_main = self.acc.is_main_process
+        self.run_dir = Path(options.output)
+        torch.manual_seed(options.seed)
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        o = self.o
+        resume_from = _prepare_run_dir(self.run_dir, o, self.is_main)
+        self.acc.wait_for_everyone()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        samples = load_checked_manifest(o.train)
+        self.eval_samples = load_checked_manifest(o.eval) if o.eval else []
+        if o.eval_limit:
+            self.eval_samples = self.eval_samples[: o.eval_limit]
+
+        world = self.acc.num_processes
+        # Tokenizer first (cheap), to filter and size the schedule before loading the model.
+        from whispertune.models.loading import load_processor
+        from whispertune.models.sources import resolve
+
+        processor = load_processor(resolve(o.model))
+        tokenizer = processor.tokenizer
+        self.special = SpecialTokens.from_tokenizer(tokenizer)
+        self.samples, self.lengths, self.filter_report = filter_samples(
+            samples, o, tokenizer, self.special
+        )
+        logger.info("training data: %s", self.filter_report.summary())
+        for example in self.filter_report.examples:
+            logger.info("  left out: %s", example)
+        if not self.samples:
+            raise UserError(
+                f"{o.train}: no sample left after filtering ({self.filter_report.summary()})"
+            )
+        self.steps_per_epoch = steps_per_epoch(len(self.samples), o.batch_size, world, o.grad_accum)
+        self.total_steps = o.max_steps or max(1, math.ceil(o.epochs * self.steps_per_epoch))
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        loaded = build_model(o, self.total_steps)
+        self.processor = loaded.processor
+        model = loaded.model
+        self.is_peft = hasattr(model, "peft_config")
+        if self.is_peft:  # record the spec the user gave, so the adapter resolves anywhere
+            base = o.model
+            if Path(base).expanduser().exists():
+                base = str(Path(base).expanduser().resolve())
+            for cfg in model.peft_config.values():
+                cfg.base_model_name_or_path = base
+
+        self.dataset = SpeechDataset(
+            self.samples, self.processor.feature_extractor, tokenizer, self.special, o, train=True
+        )
+        self.use_cache = o.encoder_cache and o.encoder_frozen() and not o.augmenting()
+        if self.use_cache:
+            self.train_data = self._encoder_cache(model)
+        else:
+            self.train_data = self.dataset
+            if o.encoder_cache and o.encoder_frozen() and o.augmenting():
+                logger.info("encoder cache off: augmentation changes the encoder's input")
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=o.peak_lr(), weight_decay=o.weight_decay)
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            "constant_with_warmup" if o.scheduler == "constant" else o.scheduler,
+            optimizer,
+            num_warmup_steps=min(o.warmup_steps, self.total_steps // 2),
+            num_training_steps=self.total_steps,
+        )
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.state = ckpt.TrainerState()
+        if resume_from is not None:
+            self._restore(resume_from)
+        if self.is_main:
+            (self.run_dir / "run.json").write_text(
+                json.dumps(
+                    {
+                        "options": opts.to_dict(o),
+                        "world_size": world,
+                        "total_steps": self.total_steps,
+                        "steps_per_epoch": self.steps_per_epoch,
+                        "train_samples": len(self.samples),
+                        "filtered": self.filter_report.summary(),
+                    },
+                    indent=1,
+                    default=str,
+                ),
+                encoding="utf-8",
+            )
+        self.metric_name = self._metric_name()
+        self.writer = None
+        if self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(
+                    str(self.run_dir / "tensorboard"), purge_step=self.state.step + 1 or None
+                )
+            except ImportError:
+                logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
+
+    def _encoder_cache(self, model):
+        from whispertune.models.sources import resolve
+        from whispertune.train.encoder_cache import (
+            CachedDataset,
+            EncoderCache,
+            build_encoder_cache,
+            cache_key,
+        )
+
+        encoder = model.get_encoder()
+        key = cache_key(
+            resolve(self.o.model).hf_dir(),
+            self.samples,
+            self.processor.feature_extractor.feature_size,
+        )
+        directory = self.run_dir / "cache"
+        if self.is_main:
+            self.progress({"kind": "status", "message": "computing encoder outputs (once)"})
+            cache = build_encoder_cache(
+                encoder,
+                self.dataset,
+                directory,
+                key,
+                progress=lambda d, n: self.progress({"kind": "cache", "done": d, "total": n}),
+            )
+        self.acc.wait_for_everyone()
+        if not self.is_main:
+            cache = EncoderCache(
+                directory / f"encoder-{key}.f16",
+                len(self.dataset),
+                encoder.config.max_source_positions,
+                encoder.config.d_model,
+            )
+        return CachedDataset(self.dataset, cache)
+
+    def _metric_name(self) -> str | None:
+        if not self.eval_samples:
+            return None
+        from whispertune.evaluate import _choose_metric
+
+        return _choose_metric(self.o.metric, self.eval_samples, self.o.language)
+
+    # ------------------------------------------------------------- resume
+    def _restore(self, checkpoint: Path) -> None:
+        from safetensors.torch import load_file
+
+        state, blob = ckpt.load_training_state(checkpoint)
+        model = self.acc.unwrap_model(self.model)
+        if self.is_peft:
+            from peft import set_peft_model_state_dict
+
+            weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+            set_peft_model_state_dict(model, weights)
+            extra = blob.get("extra", {})
+            if "adalora" in extra:
+                allocator = model.base_model.rankallocator
+                for k, v in extra["adalora"]["allocator"].items():
+                    setattr(allocator, k, v)
+                model.peft_config["default"].rank_pattern = extra["adalora"]["rank_pattern"]
+        else:
+            from transformers.modeling_utils import load_sharded_checkpoint
+
+            if (checkpoint / "model.safetensors").is_file():
+                missing, unexpected = model.load_state_dict(
+                    load_file(str(checkpoint / "model.safetensors")), strict=False
+                )
+                missing = [m for m in missing if m != "proj_out.weight"]
+                if missing or unexpected:
+                    raise UserError(f"{checkpoint}: weights do not match the model")
+            else:
+                load_sharded_checkpoint(model, str(checkpoint))
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        ckpt.set_rng_state(blob["rng"])
+        self.state = state
+        self._truncate_metrics(state.step)
+        logger.info(
+            "resumed from %s (step %d, epoch %d, batch %d)",
+            checkpoint.name,
+            state.step,
+            state.epoch,
+            state.batch_in_epoch,
+        )
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        keep = [
+            line
+            for line in path.read_text("utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+    def _adalora_extra(self) -> dict[str, Any]:
+        model = self.acc.unwrap_model(self.model)
+        if self.o.method != "adalora":
+            return {}
+        allocator = model.base_model.rankallocator
+        return {
+            "adalora": {
+                "allocator": {
+                    k: getattr(allocator, k) for k in ("ipt", "exp_avg_ipt", "exp_avg_unc")
+                },
+                "rank_pattern": model.peft_config["default"].rank_pattern,
+            }
+        }
+
+    # ------------------------------------------------------------- steps
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = self.acc.device
+        kwargs: dict[str, Any] = {"decoder_input_ids": batch["decoder_input_ids"].to(device)}
+        if "encoder_hidden" in batch:
+            kwargs["encoder_outputs"] = (batch["encoder_hidden"].to(device),)
+        else:
+            kwargs["input_features"] = batch["input_features"].to(device)
+        with self.acc.autocast():
+            logits = self.model(**kwargs).logits
+        labels = batch["labels"].to(device)
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=self.o.label_smoothing,
+        )
+
+    def _loader(self, epoch: int, skip: int):
+        o = self.o
+        self.train_data.epoch = epoch
+        batches = rank_batches(
+            epoch_batches(self.lengths, o.batch_size, o.seed, epoch),
+            self.acc.process_index,
+            self.acc.num_processes,
+            o.grad_accum,
+        )
+        pad = self.special.eot
+        return batches, torch.utils.data.DataLoader(
+            self.train_data,
+            batch_sampler=batches[skip:],
+            collate_fn=functools.partial(collate, pad_id=pad, sot=self.special.sot),
+            num_workers=o.num_workers if o.num_workers > 0 else 0,
+            persistent_workers=False,
+            # a private generator: worker seeds must not draw from the global RNG (dropout's),
+            # or a resumed run would diverge from the uninterrupted one
+            generator=torch.Generator().manual_seed(o.seed * 1000 + epoch),
+        )
+
+    def run(self) -> TrainResult:
+        o = self.o
+        start = time.perf_counter()
+        status = "finished"
+        self.model.train()
+        window_loss, window_n, window_t, window_samples = 0.0, 0, time.perf_counter(), 0
+        eval_every = o.eval_steps or self.steps_per_epoch
+        save_every = o.save_steps or self.steps_per_epoch
+        saved_at = -1
+        self.progress(
+            {
+                "kind": "start",
+                "total_steps": self.total_steps,
+                "step": self.state.step,
+                "train_samples": len(self.samples),
+                "filtered": self.filter_report.summary(),
+            }
+        )
+        while self.state.step < self.total_steps and status == "finished":
+            epoch = self.state.epoch
+            batches, loader = self._loader(epoch, self.state.batch_in_epoch)
+            micro = 0
+            for batch in loader:
+                sync = (self.state.batch_in_epoch + 1) % o.grad_accum == 0
+                ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
+                with ctx:
+                    loss = self._loss(batch)
+                    self.acc.backward(loss / o.grad_accum)
+                window_loss += float(loss.detach())
+                window_n += 1
+                window_samples += len(batch["labels"]) * self.acc.num_processes
+                self.state.batch_in_epoch += 1
+                micro += 1
+                if not sync:
+                    continue
+                if o.max_grad_norm:
+                    self.acc.clip_grad_norm_(self.model.parameters(), o.max_grad_norm)
+                self.optimizer.step()
+                if o.method == "adalora":
+                    self.acc.unwrap_model(self.model).base_model.update_and_allocate(
+                        self.state.step
+                    )
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                step = self.state.step
+                if step % o.log_steps == 0 or step == self.total_steps:
+                    elapsed = time.perf_counter() - window_t
+                    record = {
+                        "step": step,
+                        "epoch": round(epoch + self.state.batch_in_epoch / max(1, len(batches)), 3),
+                        "loss": window_loss / max(1, window_n),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "samples_per_s": window_samples / max(elapsed, 1e-9),
+                    }
+                    self._log(record)
+                    window_loss, window_n, window_t, window_samples = 0.0, 0, time.perf_counter(), 0
+                self.progress(
+                    {
+                        "kind": "step",
+                        "step": step,
+                        "total_steps": self.total_steps,
+                        "loss": float(loss.detach()),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "epoch": epoch,
+                    }
+                )
+                end_of_epoch = self.state.batch_in_epoch >= len(batches)
+                if end_of_epoch:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+                last = step >= self.total_steps
+                if self.eval_samples and (step % eval_every == 0 or last):
+                    improved = self._evaluate()
+                    window_t = time.perf_counter()  # throughput excludes evaluation time
+                    saved_at = self._save()
+                    if improved and self.is_main:
+                        ckpt.publish_best(self.run_dir, self._checkpoint_dir(step), self.processor)
+                    if (
+                        o.early_stopping_patience is not None
+                        and self.state.evals_without_improvement >= o.early_stopping_patience
+                    ):
+                        status = "early-stopped"
+                elif step % save_every == 0 or last:
+                    saved_at = self._save()
+                if self.cancel is not None and self.cancel.is_set():
+                    if saved_at != step:
+                        saved_at = self._save()
+                    status = "cancelled"
+                if last or status != "finished" or end_of_epoch:
+                    break
+            if micro == 0 and self.state.batch_in_epoch >= len(batches):
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+        if saved_at != self.state.step:
+            self._save()
+        best = self.run_dir / ckpt.BEST
+        if self.is_main and (not self.eval_samples or not best.exists()):
+            ckpt.publish_best(self.run_dir, self._checkpoint_dir(self.state.step), self.processor)
+        self.acc.wait_for_everyone()
+        if self.writer is not None:
+            self.writer.close()
+        self.progress({"kind": "end", "status": status, "step": self.state.step})
+        return TrainResult(
+            run_dir=self.run_dir,
+            best_dir=best,
+            steps=self.state.step,
+            best_metric=self.state.best_metric,
+            metric_name=self.metric_name,
+            status=status,
+            train_samples=len(self.samples),
+            filtered=self.filter_report.summary(),
+            seconds=time.perf_counter() - start,
+        )
+
+    # ------------------------------------------------------- eval, save, log
+    def _checkpoint_dir(self, step: int) -> Path:
+        return self.run_dir / ckpt.CHECKPOINTS / f"step-{step:07d}"
+
+    def _save(self) -> int:
+        self.acc.wait_for_everyone()
+        if self.is_main:
+            ckpt.save_checkpoint(
+                self.run_dir,
+                self.state,
+                self.acc.unwrap_model(self.model),
+                self.optimizer,
+                self.scheduler,
+                extra=self._adalora_extra(),
+                keep=self.o.save_total_limit,
+            )
+        self.acc.wait_for_everyone()
+        return self.state.step
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        logger.info(
+            "step %d: %s",
+            record["step"],
+            ", ".join(
+                f"{k} {v:.4g}" for k, v in record.items() if k != "step" and isinstance(v, float)
+            ),
+        )
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def _evaluate(self) -> bool:
+        """Score the eval set with generate (rank 0); True when the metric improved."""
+        improved = False
+        if self.is_main:
+            self.progress({"kind": "status", "message": "evaluating"})
+            t = time.perf_counter()
+            rate = evaluate_model(
+                self.acc.unwrap_model(self.model),
+                self.processor,
+                self.eval_samples,
+                self.o,
+                self.metric_name,
+                device=self.acc.device,
+            )
+            self.model.train()
+            s = self.state
+            improved = s.best_metric is None or rate < s.best_metric
+            if improved:
+                s.best_metric, s.best_step = rate, s.step
+                s.evals_without_improvement = 0
+            else:
+                s.evals_without_improvement += 1
+            record = {
+                "step": s.step,
+                f"eval_{self.metric_name}": rate,
+                "eval_seconds": time.perf_counter() - t,
+            }
+            s.history.append(record)
+            self._log(record)
+            self.progress(
+                {
+                    "kind": "eval",
+                    "step": s.step,
+                    "metric": self.metric_name,
+                    "value": rate,
+                    "best": s.best_metric,
+                }
+            )
+        improved = bool(self._broadcast(improved))
+        return improved
+
+    def _broadcast(self, value: Any) -> Any:
+        if self.acc.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        box = [value, self.state]
+        broadcast_object_list(box, from_process=0)
+        self.state = box[1] if not self.is_main else self.state
+        return box[0]
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model, processor, samples, options: TrainOptions, metric: str, device=None
+) -> float:
+    """CER/WER of ``model`` on ``samples`` with greedy (or beam) ``generate``."""
+    from whispertune.audio import load_audio
+    from whispertune.evaluate import score_pairs
+    from whispertune.languages import language_code
+    from whispertune.text import normalize
+
+    was_training = model.training
+    model.eval()
+    refs, hyps = [], []
+    english = metric == "wer"
+    dtype = next(model.parameters()).dtype
+    # Room for twice the longest reference: enough to see hallucinated repetition, without
+    # letting an untrained model babble 224 tokens per clip.
+    longest = max(len(processor.tokenizer.encode(s.text, add_special_tokens=False))
+                  for s in samples)
+    max_new = int(min(224, max(32, 2 * longest + 8)))
+    by_lang: dict[str | None, list] = {}
+    for s in samples:
+        by_lang.setdefault(s.language or options.language, []).append(s)
+    for lang, group in by_lang.items():
+        for i in range(0, len(group), options.eval_batch_size):
+            chunk = group[i : i + options.eval_batch_size]
+            audios = [load_audio(s.audio_path, s.start_time, s.end_time) for s in chunk]
+            feats = processor.feature_extractor(
+                audios, sampling_rate=16000, return_tensors="pt"
+            ).input_features
+            kwargs: dict[str, Any] = {"task": options.task}
+            if lang:
+                kwargs["language"] = language_code(lang)
+            out = model.generate(
+                input_features=feats.to(device or "cpu", dtype),
+                num_beams=options.eval_beam_size,
+                max_new_tokens=max_new,
+                do_sample=False,
+                **kwargs,
+            )
+            texts = processor.tokenizer.batch_decode(out, skip_special_tokens=True)
+            for s, text in zip(chunk, texts, strict=True):
+                refs.append(normalize(s.text, english=english))
+                hyps.append(normalize(text, english=english))
+    if was_training:
+        model.train()
+    subs, dels, ins, n, _ = score_pairs(refs, hyps, metric)
+    return (subs + dels + ins) / max(1, n)
+
+
+def train(
+    options: TrainOptions,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Fine-tune per ``options``; ``progress`` receives events (dicts with a "kind": start,
+    status, cache, step, eval, end) and ``cancel`` stops after the current step with a
+    checkpoint that ``resume`` continues."""
+    trainer = Trainer(options, progress, cancel)
+    trainer.setup()
+    return trainer.run()

@@ -1,0 +1,142 @@
+"""The model to train: a Whisper checkpoint with LoRA/AdaLoRA adapters, or all (or only the
+decoder's) weights trainable."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from whispertune.errors import UserError
+from whispertune.models.loading import LoadedModel, load_processor
+from whispertune.models.sources import ModelSource, resolve
+from whispertune.train.config import TrainOptions
+
+logger = logging.getLogger(__name__)
+
+
+def check_hardware(options: TrainOptions) -> None:
+    """Refuse what this machine cannot do before any data is read or model loaded."""
+    if options.load_8bit:
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--load-8bit needs a CUDA GPU (bitsandbytes 8-bit kernels); none found. "
+                "Train in fp32/bf16 on the CPU instead"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError("--load-8bit needs bitsandbytes: pip install bitsandbytes") from None
+        if options.method == "full":
+            raise UserError("--load-8bit works with LoRA/AdaLoRA, not full fine-tuning")
+    if options.precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("--precision fp16 needs a CUDA GPU; on the CPU use fp32 or bf16")
+    if options.precision == "bf16" and not torch.cuda.is_available():
+        from whispertune.train.hardware import cpu_has_bf16
+
+        if not cpu_has_bf16():
+            raise UserError(
+                "--precision bf16: this CPU has no native bf16 (avx512_bf16/amx); use fp32"
+            )
+
+
+def lora_target_modules(options: TrainOptions) -> list[str] | str:
+    """Module names for peft: all matching modules, or only the decoder's (a regex)."""
+    if options.lora_scope == "decoder":
+        alternatives = "|".join(options.lora_targets)
+        return rf"model\.decoder\.layers\.\d+\.(self_attn|encoder_attn|fc1|fc2)?\.?({alternatives})"
+    return list(options.lora_targets)
+
+
+def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
+    """Load the base and make the right parameters trainable.
+
+    ``total_steps`` is in optimizer steps: AdaLoRA's rank schedule (tinit/tfinal/total_step)
+    counts calls of ``update_and_allocate``, which happen once per optimizer step.
+    """
+    from transformers import WhisperForConditionalGeneration
+
+    source: ModelSource = resolve(options.model)
+    kwargs = {}
+    if options.load_8bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    model = WhisperForConditionalGeneration.from_pretrained(
+        source.hf_dir(), dtype=torch.float32, **kwargs
+    )
+    if options.spec_augment:
+        model.config.apply_spec_augment = True
+        model.config.mask_time_prob = 0.05
+        model.config.mask_feature_prob = 0.05
+        model.config.mask_feature_length = 10
+    # generation-related values in the model config conflict with generation_config in v5
+    model.config.forced_decoder_ids = None
+    if options.method in ("lora", "adalora"):
+        model = _with_adapter(model, source, options, total_steps)
+    else:
+        if source.adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, source.adapter_dir).merge_and_unload()
+        for p in model.parameters():
+            p.requires_grad = True
+        if options.freeze_encoder:
+            for p in model.model.encoder.parameters():
+                p.requires_grad = False
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "trainable parameters: %s of %s (%.2f %%)",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+    return LoadedModel(model=model, processor=load_processor(source), source=source)
+
+
+def _with_adapter(model, source: ModelSource, options: TrainOptions, total_steps: int):
+    from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
+
+    if source.adapter_dir is not None:  # continue training an existing adapter
+        return PeftModel.from_pretrained(model, source.adapter_dir, is_trainable=True)
+    targets = lora_target_modules(options)
+    if options.method == "lora":
+        config = LoraConfig(
+            r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            target_modules=targets,
+            bias="none",
+        )
+    else:
+        config = AdaLoraConfig(
+            **adalora_schedule(total_steps),
+            init_r=options.lora_r * 3 // 2,
+            target_r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            target_modules=targets,
+        )
+    return get_peft_model(model, config)
+
+
+def adalora_schedule(total_steps: int) -> dict[str, int]:
+    """AdaLoRA's phases in optimizer steps: 10 % warm-up at full rank, rank budgeting, then
+    the last 30 % at the final ranks (the seed computed this in samples and crashed)."""
+    if total_steps < 3:
+        raise UserError(f"AdaLoRA needs at least 3 optimizer steps, this run has {total_steps}")
+    tinit = max(0, int(total_steps * 0.1))
+    tfinal = max(1, int(total_steps * 0.3))
+    if tinit >= total_steps - tfinal:
+        tinit = 0
+    return {
+        "total_step": total_steps,
+        "tinit": tinit,
+        "tfinal": tfinal,
+        "deltaT": max(1, total_steps // 50),
+    }
