@@ -4,6 +4,7 @@ whispertune.merge.merge_adapter."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -68,12 +69,12 @@ class _Bar:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from whispertune.train import train
 
     opts = options.from_args(TrainOptions, args)
-    main_process = PartialState().is_main_process
+    # Under torchrun / accelerate launch only rank 0 draws progress and prints the result.
+    # (Asking accelerate here would create its process state before the trainer configures it.)
+    main_process = int(os.environ.get("RANK", "0")) == 0
     result = train(opts, progress=_Bar() if main_process else None)
     if main_process:
         print(f"{result.status}: {result.steps} steps in {result.seconds / 60:.1f} min; "
