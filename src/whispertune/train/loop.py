@@ -224,7 +224,11 @@ class Trainer:
             self.samples,
             self.processor.feature_extractor.feature_size,
         )
-        directory = self.run_dir / "cache"
+        # Shared across runs (the key covers model, clips and mel settings): experiments on the
+        # same data pay for the encoder once.
+        from whispertune.models.cache import cache_dir
+
+        directory = cache_dir("encoder")
         if self.is_main:
             self.progress({"kind": "status", "message": "computing encoder outputs (once)"})
             cache = build_encoder_cache(

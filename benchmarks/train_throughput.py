@@ -1,0 +1,226 @@
+"""Training throughput: the plain transformers + peft recipe against whispertune, same model
+(built-in base), data (AISHELL S0150), batch size and LoRA config, in one session.
+
+    python benchmarks/train_throughput.py [--steps 6] [--batch-size 8] [--manifest M]
+
+Rows: (a) transformers Seq2SeqTrainer + peft LoRA with the usual Whisper data collator,
+(b) ``whispertune train`` with the same LoRA config, (b') the same in bf16 where the CPU has
+native bf16, (c) ``whispertune train --lora-scope decoder`` with the encoder-output cache
+(steady state, and with the one-off cache build counted over one epoch). Each runs in its own
+process so peak RSS is its own. Prints samples/s, peak RSS and ratios against (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MANIFEST = REPO / "src/whispertune/samples/aishell_s0150/train.jsonl"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+def _peer(manifest: Path, steps: int, batch: int, out: Path) -> dict:
+    """(a): what users copy today (HF blog recipe + peft), features computed on the fly."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        TrainerCallback,
+        WhisperForConditionalGeneration,
+    )
+
+    from whispertune.audio import load_audio
+    from whispertune.data.manifest import read_manifest
+    from whispertune.models.loading import load_processor
+    from whispertune.models.sources import resolve
+
+    source = resolve("builtin:base")
+    processor = load_processor(source)
+    processor.tokenizer.set_prefix_tokens(language="zh", task="transcribe")
+    samples = read_manifest(manifest)[: steps * batch + batch]
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(samples)
+
+        def __getitem__(self, i):
+            s = samples[i]
+            feats = processor.feature_extractor(load_audio(s.audio_path), sampling_rate=16000)
+            return {
+                "input_features": feats.input_features[0],
+                "labels": processor.tokenizer(s.sentence).input_ids,
+            }
+
+    class Collator:  # the collator of the Hugging Face Whisper fine-tuning blog
+        def __call__(self, features):
+            inputs = [{"input_features": f["input_features"]} for f in features]
+            batch_ = processor.feature_extractor.pad(inputs, return_tensors="pt")
+            labels_batch = processor.tokenizer.pad(
+                [{"input_ids": f["labels"]} for f in features], return_tensors="pt"
+            )
+            labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+            if (
+                labels[:, 0] == processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+            ).all():
+                labels = labels[:, 1:]
+            batch_["labels"] = labels
+            return batch_
+
+    model = WhisperForConditionalGeneration.from_pretrained(source.hf_dir(), dtype=torch.float32)
+    model = get_peft_model(
+        model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=LORA_TARGETS)
+    )
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter())
+
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=Seq2SeqTrainingArguments(
+            output_dir=str(out),
+            per_device_train_batch_size=batch,
+            learning_rate=1e-3,
+            max_steps=steps + 1,
+            warmup_steps=0,
+            logging_steps=1000,
+            save_strategy="no",
+            report_to=[],
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_num_workers=0,
+            use_cpu=True,
+        ),
+        train_dataset=DS(),
+        data_collator=Collator(),
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    return {"samples_per_s": steps * batch / (times[-1] - times[0])}  # first step is warm-up
+
+
+def _ours(manifest: Path, steps: int, batch: int, out: Path, extra: list[str]) -> dict:
+    from whispertune import options
+    from whispertune.train import TrainOptions, train
+
+    values = {
+        "train": manifest,
+        "output": out,
+        "language": "Chinese",
+        "batch_size": batch,
+        "max_steps": steps + 1,
+        "warmup_steps": 0,
+        "num_workers": 0,
+        "log_steps": 1000,
+        "save_steps": 10**6,
+    }
+    for item in extra:
+        key, _, value = item.partition("=")
+        values[key] = value
+    times: list[float] = []
+    cache = {"start": None, "end": None}
+
+    def progress(event: dict) -> None:
+        if event["kind"] == "step":
+            times.append(time.perf_counter())
+        elif event["kind"] == "cache":
+            cache["start"] = cache["start"] or time.perf_counter()
+            cache["end"] = time.perf_counter()
+        elif event["kind"] == "start":
+            times.clear()
+
+    result = train(options.build(TrainOptions, values), progress=progress)
+    out_ = {"samples_per_s": steps * batch / (times[-1] - times[0])}
+    if cache["start"] is not None:
+        out_["cache_seconds_per_clip"] = (cache["end"] - cache["start"]) / result.train_samples
+    return out_
+
+
+def worker(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.worker == "peer":
+            r = _peer(args.manifest, args.steps, args.batch_size, Path(tmp))
+        else:
+            r = _ours(
+                args.manifest,
+                args.steps,
+                args.batch_size,
+                Path(tmp) / "run",
+                args.worker.split(",")[1:],
+            )
+    r["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("RESULT " + json.dumps(r))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per row")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    from whispertune.train.hardware import cpu_has_bf16
+
+    rows = [
+        ("(a) Seq2SeqTrainer + peft LoRA (fp32)", "peer"),
+        ("(b) whispertune train, LoRA (fp32)", "ours"),
+    ]
+    if cpu_has_bf16():
+        rows.append(("(b') whispertune train, LoRA (bf16)", "ours,precision=bf16"))
+    rows.append(("(c) whispertune, decoder LoRA + encoder cache", "ours,lora_scope=decoder"))
+    results = []
+    for name, spec in rows:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            spec,
+            "--manifest",
+            str(args.manifest),
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{name}: failed\n{out.stderr[-2000:]}")
+            continue
+        results.append((name, json.loads(line[7:])))
+    peer = results[0][1]
+    print(
+        f"built-in base, batch {args.batch_size}, {args.steps} timed steps, "
+        f"{os.cpu_count()} CPU threads, LoRA r=32 on {','.join(LORA_TARGETS)}"
+    )
+    print(f"| {'runner':46s} | samples/s | x (a) | peak RSS GiB | x (a) |")
+    print(f"|{'-' * 48}|-----------|-------|--------------|-------|")
+    for name, r in results:
+        print(
+            f"| {name:46s} | {r['samples_per_s']:9.2f} | "
+            f"{r['samples_per_s'] / peer['samples_per_s']:5.2f} "
+            f"| {r['peak_rss_gib']:12.2f} | {r['peak_rss_gib'] / peer['peak_rss_gib']:5.2f} |"
+        )
+        if "cache_seconds_per_clip" in r:
+            per_epoch = 1 / (1 / r["samples_per_s"] + r["cache_seconds_per_clip"])
+            print(
+                f"| {'   ... cache build counted over one epoch':46s} | {per_epoch:9.2f} | "
+                f"{per_epoch / peer['samples_per_s']:5.2f} |              |       |"
+            )
+
+
+if __name__ == "__main__":
+    main()
