@@ -13,17 +13,32 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from whispertune.audio import SAMPLE_RATE, AudioError, load_audio
-from whispertune.backends.base import BACKENDS, DecodeOptions, create_transcriber
+from whispertune.backends.base import (
+    BACKENDS,
+    DecodeOptions,
+    Transcriber,
+    Transcript,
+    create_transcriber,
+    join_texts,
+)
 from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
 from whispertune.languages import language_code
 from whispertune.text import NormalizeOptions, for_cer, normalize
 
 logger = logging.getLogger(__name__)
+
+# Packing: silence between packed clips, and the most audio (gaps included) in one window.
+# 2 s measured best on AISHELL (0.5 s: clips ran together, CER +11 points; 1 s: +2.8); the
+# limit leaves room at the window's end, where Whisper tends to stop early.
+PACK_GAP = 2.0
+PACK_LIMIT = 28.0
 
 # Scripts written without spaces between words: score them by characters.
 CER_LANGUAGES = {"zh", "ja", "ko", "th", "lo", "my", "km", "bo", "yue"}
@@ -62,6 +77,16 @@ class EvaluateOptions:
     )
     limit: int | None = field(default=None, metadata={"help": "score only the first N clips"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
+    pack: bool = field(
+        default=False,
+        metadata={
+            "help": "decode several short clips of the same language in one 30 s window "
+            f"({PACK_GAP:g} s of silence between them) and split the text back by timestamps: "
+            "about 2x faster on CPU, where the encoder's fixed 30 s window is most of the "
+            "cost. It changes the results (each clip is decoded with its neighbours as "
+            "context): compare runs with the same setting"
+        },
+    )
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     normalize: NormalizeOptions = field(default_factory=NormalizeOptions)
 
@@ -174,41 +199,61 @@ def evaluate(
     transcriber = create_transcriber(
         options.model, options.backend, compute_type=options.compute_type, threads=options.threads
     )
-    results: list[UtteranceResult] = []
+    decode = options.decode
+    if decode.language and decode.language.strip().lower() == "auto":
+        decode = replace(decode, language=None)
+    hyps: dict[int, Transcript] = {}
     audio_seconds = 0.0
-    batch = max(1, options.decode.batch_size)
+    batch = max(1, decode.batch_size)
     start = time.perf_counter()
-    for i in range(0, len(samples), batch):
-        if cancel is not None and cancel.is_set():
-            raise UserError("evaluation cancelled")
-        chunk = samples[i : i + batch]
-        audios = []
-        for s in chunk:
-            try:
-                audios.append(load_audio(s.audio_path, s.start_time, s.end_time))
-            except AudioError as e:
-                raise UserError(f"{options.manifest}:{s.line}: {e}") from e
-        audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
-        langs = [None if options.decode.language else s.language for s in chunk]
-        transcripts = transcriber.transcribe_clips(audios, options.decode, langs)
-        for s, t in zip(chunk, transcripts, strict=True):
-            ref_n = normalize(s.text, options.normalize, english=english)
-            hyp_n = normalize(t.text, options.normalize, english=english)
-            results.append(
-                UtteranceResult(
-                    line=s.line,
-                    audio=str(s.audio_path),
-                    ref=s.text,
-                    hyp=t.text,
-                    ref_norm=ref_n,
-                    hyp_norm=hyp_n,
-                    errors=0,
-                    ref_len=0,
-                    language=t.language,
-                )
+
+    def load(s: Sample):
+        try:
+            return load_audio(s.audio_path, s.start_time, s.end_time)
+        except AudioError as e:
+            raise UserError(f"{options.manifest}:{s.line}: {e}") from e
+
+    def language_of(s: Sample) -> str | None:
+        if decode.language:
+            return None  # options.decode.language applies
+        return s.language
+
+    if options.pack:
+        audio_seconds = _decode_packed(
+            samples, load, transcriber, decode, language_of, hyps, progress, cancel
+        )
+    else:
+        for i in range(0, len(samples), batch):
+            if cancel is not None and cancel.is_set():
+                raise UserError("evaluation cancelled")
+            chunk = samples[i : i + batch]
+            audios = [load(s) for s in chunk]
+            audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
+            langs = [language_of(s) for s in chunk]
+            for j, t in enumerate(transcriber.transcribe_clips(audios, decode, langs)):
+                hyps[i + j] = t
+            if progress is not None:
+                progress(min(i + batch, len(samples)), len(samples))
+    if progress is not None:
+        progress(len(samples), len(samples))
+    results: list[UtteranceResult] = []
+    for k, s in enumerate(samples):
+        t = hyps[k]
+        ref_n = normalize(s.text, options.normalize, english=english)
+        hyp_n = normalize(t.text, options.normalize, english=english)
+        results.append(
+            UtteranceResult(
+                line=s.line,
+                audio=str(s.audio_path),
+                ref=s.text,
+                hyp=t.text,
+                ref_norm=ref_n,
+                hyp_norm=hyp_n,
+                errors=0,
+                ref_len=0,
+                language=t.language,
             )
-        if progress is not None:
-            progress(min(i + batch, len(samples)), len(samples))
+        )
     wall = time.perf_counter() - start
     transcriber.close()
     subs, dels, ins, ref_len, per = score_pairs(
@@ -234,6 +279,135 @@ def evaluate(
     if options.output is not None:
         write_utterances(report, options.output)
     return report
+
+
+@dataclass
+class _Pack:
+    """Clips laid end to end with silence between them, to be decoded as one window."""
+
+    language: str
+    items: list[tuple[int, float, float]] = field(default_factory=list)  # index, start, end
+    parts: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def fits(self, n_samples: int) -> bool:
+        extra = (PACK_GAP if self.parts else 0.0) + n_samples / SAMPLE_RATE
+        return self.seconds + extra <= PACK_LIMIT
+
+    def add(self, index: int, audio: np.ndarray) -> None:
+        if self.parts:
+            self.parts.append(np.zeros(int(PACK_GAP * SAMPLE_RATE), dtype=np.float32))
+            self.seconds += PACK_GAP
+        start = self.seconds
+        self.parts.append(audio)
+        self.seconds += len(audio) / SAMPLE_RATE
+        self.items.append((index, start, self.seconds))
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+
+def _split_pack(pack: _Pack, t: Transcript) -> dict[int, list[str]]:
+    """Each timestamped segment goes to the clip it overlaps most (else the nearest)."""
+    texts: dict[int, list[str]] = {i: [] for i, _, _ in pack.items}
+    if t.silence:
+        return texts
+    for seg in t.segments:
+
+        def score(item, seg=seg):
+            _, start, end = item
+            overlap = min(seg.end, end) - max(seg.start, start)
+            mid = (seg.start + seg.end) / 2
+            return overlap if overlap > 0 else -min(abs(mid - start), abs(mid - end))
+
+        ranked = sorted(pack.items, key=score, reverse=True)
+        if len(ranked) > 1 and score(ranked[1]) > 0.5:
+            logger.debug("packed segment %r spans two clips", seg.text)
+        texts[ranked[0][0]].append(seg.text.strip())
+    return texts
+
+
+def _decode_packed(
+    samples: list[Sample],
+    load: Callable[[Sample], np.ndarray],
+    transcriber: Transcriber,
+    decode: DecodeOptions,
+    language_of: Callable[[Sample], str | None],
+    hyps: dict[int, Transcript],
+    progress: Callable[[int, int], None] | None,
+    cancel: threading.Event | None,
+) -> float:
+    """Evaluate with clips packed into 30 s windows; returns the seconds of audio.
+
+    Why: on CPU the encoder's fixed 30 s window is most of the cost of a short clip, so a
+    window holding five clips costs about what one clip does. Clips are packed in manifest
+    order, per language; a clip whose language is unknown, or longer than a window, is decoded
+    alone, and so is a packed clip that got no text (Whisper sometimes stops before the last
+    clip of a window). Audio is loaded as packs fill, so memory stays bounded.
+    """
+    batch = max(1, decode.batch_size)
+    open_packs: dict[str, _Pack] = {}
+    ready: list[_Pack] = []
+    alone: list[tuple[int, np.ndarray]] = []
+    seconds = 0.0
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        if ready:
+            packs = list(ready)
+            ready.clear()
+            results = transcriber.transcribe_clips(
+                [p.audio() for p in packs], decode, [p.language for p in packs], timestamps=True
+            )
+            for pack, t in zip(packs, results, strict=True):
+                for index, texts in _split_pack(pack, t).items():
+                    if texts:
+                        text = join_texts(texts)
+                        hyps[index] = Transcript(text=text, language=pack.language)
+                        done += 1
+                    else:
+                        _, start, end = next(it for it in pack.items if it[0] == index)
+                        audio = pack.audio()[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+                        alone.append((index, audio))
+        while alone:
+            todo = alone[:batch]
+            del alone[:batch]
+            langs = [language_of(samples[i]) for i, _ in todo]
+            results = transcriber.transcribe_clips([a for _, a in todo], decode, langs)
+            for (index, _), t in zip(todo, results, strict=True):
+                hyps[index] = t
+                done += 1
+        if progress is not None:
+            progress(done, len(samples))
+
+    default = language_code(decode.language) if decode.language else None
+    for k, s in enumerate(samples):
+        if cancel is not None and cancel.is_set():
+            raise UserError("evaluation cancelled")
+        audio = load(s)
+        seconds += len(audio) / SAMPLE_RATE
+        lang = language_of(s)
+        lang = language_code(lang) if lang else default
+        if lang is None or len(audio) > PACK_LIMIT * SAMPLE_RATE:
+            alone.append((k, audio))
+        else:
+            pack = open_packs.get(lang)
+            if pack is not None and not pack.fits(len(audio)):
+                ready.append(open_packs.pop(lang))
+                pack = None
+            if pack is None:
+                pack = open_packs[lang] = _Pack(lang)
+            pack.add(k, audio)
+        if len(ready) >= batch or len(alone) >= batch:
+            flush()
+    ready.extend(open_packs.values())
+    while ready or alone:
+        todo = ready[batch:]
+        del ready[batch:]
+        flush()
+        ready.extend(todo)
+    return seconds
 
 
 def write_utterances(report: EvaluationReport, path: Path) -> None:

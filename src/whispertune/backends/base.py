@@ -1,8 +1,16 @@
-"""The one interface every backend implements, so evaluation, the server and the UIs never care
-which runtime decodes."""
+"""The one interface every backend implements, so evaluation, transcription, the server and the
+UIs never care which runtime decodes.
+
+What is shared here, and not left to each backend, is everything that decides *what* text is
+kept: the hallucination guards (temperature fallback on repetitive or improbable output, the
+no-speech skip) and the parsing of Whisper's timestamp tokens into segments. Both backends then
+behave the same on silence, on loops and on long audio.
+"""
 
 from __future__ import annotations
 
+import math
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,16 +21,32 @@ from whispertune.errors import UserError
 
 BACKENDS = ("ct2", "transformers")
 
+SAMPLE_RATE = 16000
+CHUNK_SECONDS = 30.0  # Whisper's fixed encoder window
+TIME_PRECISION = 0.02  # seconds per timestamp token
+MAX_TARGET_TOKENS = 448  # decoder context: prompt + generated tokens
+
+# OpenAI's and faster-whisper's schedule: greedy/beam first, then sampling at rising
+# temperatures for the windows whose output looks like a loop or is improbable.
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
 
 @dataclass
 class DecodeOptions:
-    """How to decode: the same options for every backend."""
+    """How to decode: the same options for every backend.
+
+    The guard defaults (compression ratio 2.4, log-prob -1.0, no-speech 0.6, temperatures
+    0.0..1.0) are Whisper's own; they were kept after measuring them against looser and
+    stricter values on long-form speech and on generated silence and noise (see the README,
+    "Hallucination guards"): on clean speech they never fire, on silence and noise they turn
+    most invented text into empty output.
+    """
 
     language: str | None = field(
         default=None,
         metadata={
-            "help": "language code or name (zh, Chinese, en, ...); default: the manifest's "
-            "per-sample language, else detected"
+            "help": "language code or name (zh, Chinese, en, ...) or 'auto'; default: the "
+            "manifest's per-sample language when evaluating, else detected from the audio"
         },
     )
     task: str = field(
@@ -33,24 +57,106 @@ class DecodeOptions:
         },
     )
     beam_size: int = field(default=5, metadata={"help": "beam width (1 = greedy)"})
-    batch_size: int = field(default=8, metadata={"help": "clips decoded together"})
-    max_new_tokens: int = field(
-        default=224, metadata={"help": "longest output per clip, in tokens"}
+    batch_size: int = field(
+        default=8, metadata={"help": "30 s windows (clips or speech chunks) decoded together"}
+    )
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "longest output per 30 s window, in tokens (default: what the model's "
+            "448-token context leaves after the prompt)"
+        },
     )
     initial_prompt: str | None = field(
-        default=None, metadata={"help": "text given as previous context (spellings, names)"}
+        default=None,
+        metadata={"help": "text given as previous context (spellings, names, style)"},
+    )
+    temperatures: list[float] = field(
+        default_factory=lambda: list(DEFAULT_TEMPERATURES),
+        metadata={
+            "help": "temperature fallback: decode at the first value; a window whose output "
+            "fails the compression-ratio or log-prob check is decoded again by sampling at "
+            "the next (pass a single 0 to switch fallback off)",
+            "flag": "--temperature",
+            "nargs": "+",
+        },
+    )
+    best_of: int = field(
+        default=5, metadata={"help": "candidates sampled per window at temperature > 0"}
+    )
+    compression_ratio_threshold: float | None = field(
+        default=2.4,
+        metadata={
+            "help": "gzip compression ratio above which output counts as a repetition loop "
+            "and is decoded again at the next temperature ('inf' = off)"
+        },
+    )
+    log_prob_threshold: float | None = field(
+        default=-1.0,
+        metadata={
+            "help": "average token log-probability below which output is decoded again at "
+            "the next temperature ('-inf' = off)"
+        },
+    )
+    no_speech_threshold: float | None = field(
+        default=0.6,
+        metadata={
+            "help": "a window whose no-speech probability is above this AND whose average "
+            "log-probability is below --log-prob-threshold is treated as silence: no text "
+            "('inf' = off)"
+        },
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "penalty on tokens already generated (> 1 discourages loops)"},
+    )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "forbid repeating n-grams of this size (0 = off)"}
     )
 
 
 @dataclass
+class Word:
+    """A word with its time (seconds) and the model's confidence in it."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class ClipSegment:
+    """A timestamped piece of a clip's transcript; times are relative to the clip start."""
+
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    words: list[Word] | None = None
+    # False for the unfinished last sentence of a window that ends mid-speech (see consumed).
+    final: bool = True
+
+
+@dataclass
 class Transcript:
-    """A decoded clip."""
+    """A decoded clip (at most 30 s)."""
 
     text: str
     language: str | None = None
     language_probability: float | None = None
     tokens: list[int] = field(default_factory=list)
     no_speech_prob: float | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    temperature: float | None = None
+    # Only when decoded with timestamps:
+    segments: list[ClipSegment] = field(default_factory=list)
+    # Seconds from the clip start that the segments cover for good: a window cut in the middle
+    # of a sentence ends with an unfinished segment, which the long-form loop decodes again
+    # from here in the next window.
+    consumed: float | None = None
+    silence: bool = False  # dropped by the no-speech guard
 
 
 class Transcriber(ABC):
@@ -58,6 +164,7 @@ class Transcriber(ABC):
 
     name: str = ""
     multilingual: bool = True
+    supports_word_timestamps: bool = False
 
     @abstractmethod
     def transcribe_clips(
@@ -65,11 +172,170 @@ class Transcriber(ABC):
         audios: Sequence[np.ndarray],
         options: DecodeOptions,
         languages: Sequence[str | None] | None = None,
+        *,
+        timestamps: bool = False,
+        word_timestamps: bool = False,
+        previous_tokens: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Transcript]:
-        """One Transcript per clip; ``languages`` (codes) override ``options.language`` per clip."""
+        """One Transcript per clip, in one batched pass (plus fallback passes if needed).
+
+        ``languages`` (codes) override ``options.language`` per clip; a clip with neither gets
+        its language detected. ``previous_tokens`` (per clip) are the text tokens of what came
+        before, given to the model as context (condition on previous text).
+        """
+
+    def encode_text(self, text: str) -> list[int]:
+        """Text tokens (no special tokens) for prompts."""
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Release the runtime's memory and threads."""
+
+
+def join_texts(texts) -> str:
+    """Pieces of transcript joined: a space between Latin words, nothing between CJK
+    characters (Whisper's own segment texts usually carry their leading space)."""
+    out = ""
+    for t in texts:
+        t = t.strip()
+        if not t:
+            continue
+        if (
+            out
+            and (out[-1].isascii() and out[-1].isalnum() or out[-1] in ".,!?;:")
+            and (t[0].isascii())
+        ):
+            out += " "
+        out += t
+    return out
+
+
+def compression_ratio(text: str) -> float:
+    """gzip ratio of the text: Whisper's repetition-loop detector (loops compress well)."""
+    data = text.encode("utf-8")
+    if not data:
+        return 0.0
+    return len(data) / len(zlib.compress(data))
+
+
+def needs_fallback(
+    options: DecodeOptions, ratio: float, avg_logprob: float, no_speech_prob: float | None
+) -> bool:
+    """Whisper's rule: decode again hotter if the text loops or is improbable — unless the
+    window is silence anyway (then a hotter decode would only invent more)."""
+    bad = False
+    if (
+        options.compression_ratio_threshold is not None
+        and ratio > options.compression_ratio_threshold
+    ):
+        bad = True
+    if options.log_prob_threshold is not None and avg_logprob < options.log_prob_threshold:
+        bad = True
+    if is_silence(options, avg_logprob, no_speech_prob):
+        bad = False
+    return bad
+
+
+def is_silence(options: DecodeOptions, avg_logprob: float, no_speech_prob: float | None) -> bool:
+    """No-speech guard: the model says "no speech" and its text is improbable."""
+    if options.no_speech_threshold is None or no_speech_prob is None:
+        return False
+    if no_speech_prob <= options.no_speech_threshold:
+        return False
+    if options.log_prob_threshold is not None and avg_logprob > options.log_prob_threshold:
+        return False  # confident text despite the no-speech token: keep it
+    return True
+
+
+def split_timestamped(
+    tokens: Sequence[int],
+    timestamp_begin: int,
+    eot: int,
+    duration: float,
+    decode,
+) -> tuple[list[ClipSegment], float]:
+    """Segments from a token sequence with Whisper timestamp tokens, and the seconds consumed.
+
+    Whisper writes ``<|t0|> text <|t1|><|t1'|> text <|t2|>``: each pair of adjacent timestamps
+    closes one segment and opens the next. Output that ends with a single timestamp (or none)
+    after text means the window's speech ended; output that ends on a pair means the last
+    sentence runs past the window, so only up to that last timestamp is final (``consumed``).
+    The unfinished tail is still returned, as a last segment with ``final=False`` ending at
+    ``duration``: a long-form loop that moves its window to ``consumed`` drops it and decodes
+    it again; a caller whose windows are not decoded again (VAD chunks) keeps it.
+    ``decode`` turns text token ids into a string.
+    """
+    tokens = [t for t in tokens if t != eot]
+    segments: list[ClipSegment] = []
+
+    def stamp(t: int) -> float:
+        return min(duration, (t - timestamp_begin) * TIME_PRECISION)
+
+    def add(piece: list[int], start: float, end: float, final: bool = True) -> None:
+        text_ids = [t for t in piece if t < eot]
+        if text_ids:
+            segments.append(
+                ClipSegment(start, max(start, end), decode(text_ids), text_ids, final=final)
+            )
+
+    is_ts = [t >= timestamp_begin for t in tokens]
+    single_ending = len(tokens) >= 2 and not is_ts[-2] and is_ts[-1]
+    pairs = [i for i in range(1, len(tokens)) if is_ts[i] and is_ts[i - 1]]
+    if pairs:
+        cuts = pairs + ([len(tokens)] if single_ending else [])
+        last = 0
+        for cut in cuts:
+            piece = tokens[last:cut]
+            add(piece, stamp(piece[0]), stamp(piece[-1]))
+            last = cut
+        consumed = duration if single_ending else stamp(tokens[last - 1])
+        if not single_ending:
+            add(tokens[last:], consumed, duration, final=False)
+        if consumed <= 0:  # a stuck window: never seek backwards or stand still
+            consumed = duration
+    else:
+        stamps = [t for t in tokens if t >= timestamp_begin]
+        start = stamp(stamps[0]) if stamps else 0.0
+        end = duration
+        if len(stamps) >= 2 and stamps[-1] != timestamp_begin:
+            end = stamp(stamps[-1])
+        add(tokens, start, end)
+        consumed = duration
+    return [s for s in segments if s.text.strip()], consumed
+
+
+def avg_logprob_from_score(score: float, length: int, length_penalty: float = 1.0) -> float:
+    """Average log-probability per token (end token included) from a length-normalized score,
+    as Whisper computes it for the log-prob guard."""
+    cum = score * (length**length_penalty)
+    return cum / (length + 1)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """Guards given as 'inf'/'-inf' on the command line mean "off"."""
+    if value is None or math.isinf(value):
+        return None
+    return value
+
+
+def normalized_guards(options: DecodeOptions) -> DecodeOptions:
+    """A copy of ``options`` with infinite thresholds turned into None (off)."""
+    from dataclasses import replace
+
+    temps = [float(t) for t in (options.temperatures or [0.0])]
+    if any(t < 0 for t in temps):
+        raise UserError(f"temperatures must be >= 0, got {temps}")
+    if options.beam_size < 1:
+        raise UserError(f"beam size must be at least 1, got {options.beam_size}")
+    if options.best_of < 1:
+        raise UserError(f"best-of must be at least 1, got {options.best_of}")
+    return replace(
+        options,
+        temperatures=temps,
+        compression_ratio_threshold=finite_or_none(options.compression_ratio_threshold),
+        log_prob_threshold=finite_or_none(options.log_prob_threshold),
+        no_speech_threshold=finite_or_none(options.no_speech_threshold),
+    )
 
 
 def create_transcriber(
@@ -79,12 +345,19 @@ def create_transcriber(
     compute_type: str = "int8",
     threads: int = 0,
     device: str = "cpu",
+    workers: int = 1,
 ) -> Transcriber:
-    """A backend for any model spec (see whispertune.models.sources)."""
+    """A backend for any model spec (see whispertune.models.sources).
+
+    ``workers`` (ct2) is how many batches may run at once from different Python threads
+    (CTranslate2's inter_threads), each on ``threads`` cores.
+    """
     if backend == "ct2":
         from whispertune.backends.ct2 import CT2Transcriber
 
-        return CT2Transcriber(model, compute_type=compute_type, threads=threads, device=device)
+        return CT2Transcriber(
+            model, compute_type=compute_type, threads=threads, device=device, workers=workers
+        )
     if backend == "transformers":
         from whispertune.backends.hf import HFTranscriber
 

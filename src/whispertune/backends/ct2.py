@@ -1,21 +1,40 @@
 """CTranslate2 backend: faster-whisper's runtime, driven in batches.
 
-faster-whisper's ``WhisperModel.transcribe`` decodes one file at a time; for data sets of short
-clips the runtime is far better used by encoding and decoding many clips in one ``generate``
-call. Feature extraction and the tokenizer are faster-whisper's own, reused as is.
+faster-whisper's ``WhisperModel.transcribe`` decodes one window at a time; here many windows
+(short clips, or speech chunks of a long file) are encoded and decoded in one ``generate``
+call, and the temperature fallback re-decodes only the windows that need it, still batched.
+
+faster-whisper's own pieces are reused as they are: the model loader (``WhisperModel``, which
+also reads the tokenizer and ``preprocessor_config.json``), its feature extractor, tokenizer
+wrapper, prompt builder, suppressed-token list and word alignment.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from whispertune.backends.base import DecodeOptions, Transcriber, Transcript
+from whispertune.backends.base import (
+    CHUNK_SECONDS,
+    MAX_TARGET_TOKENS,
+    SAMPLE_RATE,
+    ClipSegment,
+    DecodeOptions,
+    Transcriber,
+    Transcript,
+    Word,
+    avg_logprob_from_score,
+    compression_ratio,
+    is_silence,
+    needs_fallback,
+    normalized_guards,
+    split_timestamped,
+)
 from whispertune.errors import UserError
 from whispertune.languages import language_code
 from whispertune.models.sources import ModelSource, resolve
@@ -23,6 +42,11 @@ from whispertune.models.sources import ModelSource, resolve
 logger = logging.getLogger(__name__)
 
 N_FRAMES = 3000  # 30 s of 10 ms mel frames: Whisper's fixed encoder window
+HOP = 160
+N_SAMPLES = int(CHUNK_SECONDS * SAMPLE_RATE)
+# faster-whisper's word-timestamp punctuation merging (same defaults as its transcribe()).
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 
 def ct2_model_dir(source: ModelSource) -> Path:
@@ -35,8 +59,18 @@ def ct2_model_dir(source: ModelSource) -> Path:
     return cached_ct2_export(source)
 
 
+@dataclass
+class _Decoded:
+    tokens: list[int]
+    avg_logprob: float
+    ratio: float
+    no_speech_prob: float
+    temperature: float
+
+
 class CT2Transcriber(Transcriber):
     name = "ct2"
+    supports_word_timestamps = True
 
     def __init__(
         self,
@@ -45,113 +79,298 @@ class CT2Transcriber(Transcriber):
         compute_type: str = "int8",
         threads: int = 0,
         device: str = "cpu",
+        workers: int = 1,
     ) -> None:
-        import ctranslate2
-        import tokenizers
-        from faster_whisper.feature_extractor import FeatureExtractor
+        from faster_whisper import WhisperModel
 
         self.source = model if isinstance(model, ModelSource) else resolve(model)
         self.model_dir = ct2_model_dir(self.source)
         threads = threads or min(8, os.cpu_count() or 1)
         try:
-            self.model = ctranslate2.models.Whisper(
+            # faster-whisper's loader: the CTranslate2 model plus the tokenizer and feature
+            # extractor configured from the directory's preprocessor_config.json.
+            self.fw = WhisperModel(
                 str(self.model_dir),
                 device=device,
                 compute_type=compute_type,
-                intra_threads=threads,
+                cpu_threads=threads,
+                num_workers=max(1, workers),
             )
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise UserError(
                 f"cannot load {self.model_dir} with compute type {compute_type}: {e}"
             ) from e
-        self.hf_tokenizer = tokenizers.Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        self.model = self.fw.model
+        self.device = device
+        self.hf_tokenizer = self.fw.hf_tokenizer
+        self.feature_extractor = self.fw.feature_extractor
         self.multilingual = self.model.is_multilingual
-        n_mels = self.model.n_mels
-        pre = self.model_dir / "preprocessor_config.json"
-        if pre.is_file():
-            n_mels = json.loads(pre.read_text()).get("feature_size", n_mels)
-        self.feature_extractor = FeatureExtractor(feature_size=n_mels)
         self.eot = self.hf_tokenizer.token_to_id("<|endoftext|>")
+        self.timestamp_begin = self.hf_tokenizer.token_to_id("<|notimestamps|>") + 1
+        self._suppress_cache: dict[str, tuple[int, ...]] = {}
+
+    # -- features ------------------------------------------------------------------------------
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
-        # Pad with 30 s of silence *before* the mel transform, as Whisper was trained (and as
-        # transformers does): zero-padding the features instead changes the decoded text.
-        feats = self.feature_extractor(audio, padding=N_FRAMES * 160)[:, :N_FRAMES]
-        if feats.shape[1] < N_FRAMES:
-            feats = np.pad(feats, ((0, 0), (0, N_FRAMES - feats.shape[1])))
-        return feats.astype(np.float32)
+        """Log-mel of one ≤30 s clip as Whisper sees it: padded with silence to 30 s.
 
-    def _token(self, token: str) -> int:
-        tid = self.hf_tokenizer.token_to_id(token)
-        if tid is None:
-            raise UserError(f"the model's tokenizer has no {token} token")
-        return tid
+        Whisper pads the *audio* with silence before the mel transform (zero-padding the
+        features instead, as faster-whisper does, changes the decoded text). Frames that see
+        only padding all have the same value — the floor of the log-mel normalization, max - 8
+        — so only the clip's own frames are computed and the rest is filled: the result is
+        identical to transforming the padded audio, several times cheaper for short clips.
+        """
+        audio = np.asarray(audio, dtype=np.float32)[:N_SAMPLES]
+        fe = self.feature_extractor
+        if len(audio) == 0:
+            return np.full((fe.mel_filters.shape[0], N_FRAMES), -1.5, dtype=np.float32)
+        # 3 extra hops of zeros: the last frames touching audio see exactly what they would
+        # see in the padded signal (the STFT window is 400 samples, centred).
+        feats = fe(audio, padding=3 * HOP)
+        n = min(N_FRAMES, feats.shape[1])
+        out = np.empty((feats.shape[0], N_FRAMES), dtype=np.float32)
+        out[:, :n] = feats[:, :n]
+        if n < N_FRAMES:
+            # log10(1e-10) = -10, clamped to max - 8, then (x + 4) / 4
+            out[:, n:] = max(-1.5, float(feats.max()) - 2.0)
+        return out
 
-    def _prompt(self, language: str | None, task: str, previous: str | None) -> list[int]:
-        prompt: list[int] = []
-        if previous:
-            prompt += [self._token("<|startofprev|>")]
-            prompt += self.hf_tokenizer.encode(
-                " " + previous.strip(), add_special_tokens=False
-            ).ids[-223:]
-        prompt.append(self._token("<|startoftranscript|>"))
+    def encode_text(self, text: str) -> list[int]:
+        return self.hf_tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _tokenizer(self, language: str | None, task: str):
+        from faster_whisper.tokenizer import Tokenizer
+
         if self.multilingual:
-            prompt.append(self._token(f"<|{language}|>"))
-            prompt.append(self._token(f"<|{task}|>"))
-        prompt.append(self._token("<|notimestamps|>"))
-        return prompt
+            if self.hf_tokenizer.token_to_id(f"<|{language}|>") is None:
+                raise UserError(f"this model has no language token for {language!r}")
+            return Tokenizer(self.hf_tokenizer, True, task=task, language=language)
+        return Tokenizer(self.hf_tokenizer, False)
+
+    def _suppress_tokens(self, tokenizer) -> list[int]:
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        key = "multi" if self.multilingual else "en"
+        if key not in self._suppress_cache:
+            self._suppress_cache[key] = get_suppressed_tokens(tokenizer, [-1])
+        return list(self._suppress_cache[key])
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _encode(self, feats: np.ndarray):
+        import ctranslate2
+
+        return self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
+
+    def _subset(self, encoded, feats: np.ndarray, idx: list[int], total: int):
+        """Encoder output for some clips of a batch (for fallback passes)."""
+        import ctranslate2
+
+        if len(idx) == total:
+            return encoded
+        if self.device == "cpu":
+            arr = np.asarray(encoded)
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(arr[idx]))
+        return self._encode(np.ascontiguousarray(feats[idx]))
+
+    def detect_languages(self, encoded) -> list[list[tuple[str, float]]]:
+        """Ranked (code, probability) per clip of an encoded batch."""
+        return [
+            [(token[2:-2], prob) for token, prob in ranked]
+            for ranked in self.model.detect_language(encoded)
+        ]
 
     def transcribe_clips(
         self,
         audios: Sequence[np.ndarray],
         options: DecodeOptions,
         languages: Sequence[str | None] | None = None,
+        *,
+        timestamps: bool = False,
+        word_timestamps: bool = False,
+        previous_tokens: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Transcript]:
-        import ctranslate2
-
         if not audios:
             return []
+        options = normalized_guards(options)
+        n = len(audios)
         default_lang = language_code(options.language) if options.language else None
-        langs = [
-            language_code(lang) if lang else default_lang
-            for lang in (languages or [None] * len(audios))
+        langs: list[str | None] = [
+            language_code(lang) if lang else default_lang for lang in (languages or [None] * n)
         ]
         feats = np.stack([self._features(a) for a in audios])
-        features = ctranslate2.StorageView.from_array(feats)
-        encoded = self.model.encode(features, to_cpu=False)
-        probs: list[float | None] = [None] * len(audios)
+        encoded = self._encode(feats)
+        probs: list[float | None] = [None] * n
         if not self.multilingual:
-            langs = ["en"] * len(audios)
+            langs = ["en"] * n
         elif any(lang is None for lang in langs):
-            detected = self.model.detect_language(encoded)
-            for i, ranked in enumerate(detected):
+            for i, ranked in enumerate(self.detect_languages(encoded)):
                 if langs[i] is None:
-                    token, prob = ranked[0]
-                    langs[i], probs[i] = token[2:-2], prob
-        prompts = [self._prompt(lang, options.task, options.initial_prompt) for lang in langs]
-        results = self.model.generate(
-            encoded,
-            prompts,
-            beam_size=options.beam_size,
-            max_length=min(448, options.max_new_tokens + max(len(p) for p in prompts)),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )
-        out = []
-        for lang, prob, res in zip(langs, probs, results, strict=True):
-            ids = [t for t in res.sequences_ids[0] if t < self.eot]
-            out.append(
-                Transcript(
-                    text=self.hf_tokenizer.decode(ids).strip(),
-                    language=lang,
-                    language_probability=prob,
-                    tokens=ids,
-                    no_speech_prob=res.no_speech_prob,
+                    langs[i], probs[i] = ranked[0]
+        tokenizers = {
+            (lang, options.task): self._tokenizer(lang, options.task) for lang in set(langs)
+        }
+        prompt_prefix: list[int] = []
+        if options.initial_prompt:
+            prompt_prefix = self.encode_text(" " + options.initial_prompt.strip())
+        prompts = []
+        for i, lang in enumerate(langs):
+            previous = list(prompt_prefix)
+            if previous_tokens is not None and previous_tokens[i]:
+                previous += list(previous_tokens[i])
+            prompts.append(
+                self.fw.get_prompt(
+                    tokenizers[(lang, options.task)],
+                    previous,
+                    without_timestamps=not timestamps,
                 )
             )
+        decoded = self._generate_with_fallback(
+            encoded, feats, prompts, options, tokenizers[(langs[0], options.task)], timestamps
+        )
+        out = []
+        for i, (lang, prob, res) in enumerate(zip(langs, probs, decoded, strict=True)):
+            duration = min(len(audios[i]) / SAMPLE_RATE, CHUNK_SECONDS)
+            silence = is_silence(options, res.avg_logprob, res.no_speech_prob)
+            t = Transcript(
+                text="",
+                language=lang,
+                language_probability=prob,
+                no_speech_prob=res.no_speech_prob,
+                avg_logprob=res.avg_logprob,
+                compression_ratio=res.ratio,
+                temperature=res.temperature,
+                consumed=duration,
+                silence=silence,
+            )
+            if not silence:
+                text_ids = [x for x in res.tokens if x < self.eot]
+                t.tokens = text_ids
+                t.text = self.hf_tokenizer.decode(text_ids).strip()
+                if timestamps:
+                    t.segments, t.consumed = split_timestamped(
+                        res.tokens,
+                        self.timestamp_begin,
+                        self.eot,
+                        duration,
+                        self.hf_tokenizer.decode,
+                    )
+                    t.tokens = [x for s in t.segments for x in s.tokens]
+                    t.text = "".join(s.text for s in t.segments).strip()
+            out.append(t)
+        if timestamps and word_timestamps:
+            self._add_words(out, encoded, feats, langs, options.task, audios)
         return out
+
+    def _generate_with_fallback(
+        self, encoded, feats, prompts, options: DecodeOptions, tokenizer, timestamps: bool
+    ) -> list[_Decoded]:
+        """Whisper's temperature fallback, batched: every clip is decoded at the first
+        temperature; only the clips whose output loops (compression ratio) or is improbable
+        (log-prob) are decoded again, together, at the next one. A clip that fails at every
+        temperature keeps its most probable non-looping candidate, as in Whisper."""
+        n = len(prompts)
+        final: list[_Decoded | None] = [None] * n
+        candidates: list[list[_Decoded]] = [[] for _ in range(n)]
+        pending = list(range(n))
+        longest_prompt = max(len(p) for p in prompts)
+        max_new = options.max_new_tokens or MAX_TARGET_TOKENS
+        max_length = min(MAX_TARGET_TOKENS, longest_prompt + max_new)
+        suppress = self._suppress_tokens(tokenizer)
+        temperatures = options.temperatures or [0.0]
+        for temperature in temperatures:
+            sub = self._subset(encoded, feats, pending, n)
+            if temperature > 0:
+                kw = dict(
+                    beam_size=1,
+                    num_hypotheses=options.best_of,
+                    sampling_topk=0,
+                    sampling_temperature=temperature,
+                )
+            else:
+                kw = dict(beam_size=options.beam_size)
+            results = self.model.generate(
+                sub,
+                [prompts[i] for i in pending],
+                max_length=max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=suppress,
+                repetition_penalty=options.repetition_penalty,
+                no_repeat_ngram_size=options.no_repeat_ngram_size,
+                max_initial_timestamp_index=50,  # first timestamp <= 1 s, as Whisper
+                **kw,
+            )
+            still = []
+            for i, res in zip(pending, results, strict=True):
+                tokens = res.sequences_ids[0]
+                text = self.hf_tokenizer.decode([t for t in tokens if t < self.eot])
+                d = _Decoded(
+                    tokens=tokens,
+                    avg_logprob=avg_logprob_from_score(res.scores[0], len(tokens)),
+                    ratio=compression_ratio(text.strip()),
+                    no_speech_prob=res.no_speech_prob,
+                    temperature=temperature,
+                )
+                candidates[i].append(d)
+                if needs_fallback(options, d.ratio, d.avg_logprob, d.no_speech_prob):
+                    still.append(i)
+                else:
+                    final[i] = d
+            pending = still
+            if not pending:
+                break
+            logger.debug("temperature %.1f: %d window(s) decoded again", temperature, len(pending))
+        for i in pending:
+            ok = [
+                c
+                for c in candidates[i]
+                if options.compression_ratio_threshold is None
+                or c.ratio <= options.compression_ratio_threshold
+            ]
+            best = max(ok or candidates[i], key=lambda c: c.avg_logprob)
+            best.temperature = temperatures[-1]
+            final[i] = best
+        return [d for d in final if d is not None]
+
+    def _add_words(self, out, encoded, feats, langs, task, audios) -> None:
+        """Word times from cross-attention alignment (faster-whisper's add_word_timestamps,
+        which runs CTranslate2's align and merges punctuation), one clip at a time because
+        each clip has its own language prompt."""
+        n = len(out)
+        for i, t in enumerate(out):
+            if not t.segments:
+                continue
+            seg_dicts = [
+                {"seek": 0, "start": s.start, "end": s.end, "tokens": s.tokens} for s in t.segments
+            ]
+            num_frames = min(N_FRAMES, max(1, len(audios[i]) // HOP))
+            self.fw.add_word_timestamps(
+                [seg_dicts],
+                self._tokenizer(langs[i], task),
+                self._subset(encoded, feats, [i], n),
+                num_frames,
+                PREPEND_PUNCTUATIONS,
+                APPEND_PUNCTUATIONS,
+                last_speech_timestamp=0.0,
+            )
+            for seg, d in zip(t.segments, seg_dicts, strict=True):
+                seg.words = [
+                    Word(
+                        start=float(w["start"]),
+                        end=float(w["end"]),
+                        word=w["word"],
+                        probability=float(w["probability"]),
+                    )
+                    for w in d.get("words", [])
+                ]
+                if seg.words:
+                    seg.start, seg.end = float(d["start"]), float(d["end"])
 
     def close(self) -> None:
         self.model = None
+        self.fw = None
+
+
+__all__ = ["CT2Transcriber", "ClipSegment", "ct2_model_dir"]

@@ -1,5 +1,10 @@
 """transformers backend: the reference implementation, and the only one that runs an adapter
-without exporting it first."""
+without exporting it first.
+
+Timestamps and the hallucination guards (temperature fallback, compression-ratio and log-prob
+checks, no-speech skip) are transformers' own ``WhisperForConditionalGeneration.generate``
+features, given the same thresholds as the CTranslate2 backend.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from whispertune.backends.base import DecodeOptions, Transcriber, Transcript
+from whispertune.backends.base import (
+    CHUNK_SECONDS,
+    SAMPLE_RATE,
+    ClipSegment,
+    DecodeOptions,
+    Transcriber,
+    Transcript,
+    normalized_guards,
+)
+from whispertune.errors import UserError
 from whispertune.languages import language_code
 from whispertune.models.sources import ModelSource
 
@@ -38,58 +52,150 @@ class HFTranscriber(Transcriber):
         self.device = device
         self.dtype = next(self.model.parameters()).dtype
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", True))
+        tokenizer = self.processor.tokenizer
+        self.eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.sot_prev = tokenizer.convert_tokens_to_ids("<|startofprev|>")
+        lang_to_id = getattr(self.model.generation_config, "lang_to_id", None) or {}
+        self.lang_ids = {v: k[2:-2] for k, v in lang_to_id.items()}
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.processor.tokenizer.encode(text, add_special_tokens=False)
+
+    def _detect(self, feats) -> list[tuple[str, float]]:
+        """Most probable language and its probability per clip (softmax over the language
+        tokens at the first decoding step, as Whisper detects)."""
+        import torch
+
+        if not self.lang_ids:
+            raise UserError("this model cannot detect the language; pass --language")
+        sot = self.model.generation_config.decoder_start_token_id
+        ids = list(self.lang_ids)
+        with torch.inference_mode():
+            out = self.model(
+                input_features=feats,
+                decoder_input_ids=torch.full((feats.shape[0], 1), sot, device=feats.device),
+            )
+            probs = out.logits[:, -1, ids].float().softmax(-1)
+        best = probs.argmax(-1).tolist()
+        return [(self.lang_ids[ids[b]], float(probs[i, b])) for i, b in enumerate(best)]
 
     def transcribe_clips(
         self,
         audios: Sequence[np.ndarray],
         options: DecodeOptions,
         languages: Sequence[str | None] | None = None,
+        *,
+        timestamps: bool = False,
+        word_timestamps: bool = False,
+        previous_tokens: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Transcript]:
         import torch
 
         if not audios:
             return []
+        if word_timestamps:
+            raise UserError("word timestamps need the ct2 backend (--backend ct2)")
+        options = normalized_guards(options)
+        n = len(audios)
+        if (
+            previous_tokens is not None
+            and n > 1
+            and len({tuple(p or ()) for p in previous_tokens}) > 1
+        ):
+            # generate() takes one prompt for the whole batch
+            out: list[Transcript] = []
+            for i in range(n):
+                out += self.transcribe_clips(
+                    [audios[i]],
+                    options,
+                    [languages[i]] if languages else None,
+                    timestamps=timestamps,
+                    previous_tokens=[previous_tokens[i]],
+                )
+            return out
         default_lang = language_code(options.language) if options.language else None
-        langs = [
-            language_code(lang) if lang else default_lang
-            for lang in (languages or [None] * len(audios))
+        langs: list[str | None] = [
+            language_code(lang) if lang else default_lang for lang in (languages or [None] * n)
         ]
         feats = self.processor.feature_extractor(
-            list(audios), sampling_rate=16000, return_tensors="pt"
+            [np.asarray(a, dtype=np.float32)[: int(CHUNK_SECONDS * SAMPLE_RATE)] for a in audios],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
         ).input_features.to(self.device, self.dtype)
-        # generate() takes one language for the batch or a list of one per clip.
-        kwargs = {}
+        probs: list[float | None] = [None] * n
+        if not self.multilingual:
+            langs = ["en"] * n
+        elif any(lang is None for lang in langs):
+            for i, (lang, prob) in enumerate(self._detect(feats)):
+                if langs[i] is None:
+                    langs[i], probs[i] = lang, prob
+        kwargs: dict = {}
         if self.multilingual:
             kwargs["task"] = options.task
-            if all(lang is not None for lang in langs):
-                kwargs["language"] = langs if len(set(langs)) > 1 else langs[0]
+            kwargs["language"] = langs if len(set(langs)) > 1 else langs[0]
+        prompt: list[int] = []
         if options.initial_prompt:
-            kwargs["prompt_ids"] = torch.tensor(
-                self.processor.tokenizer.get_prompt_ids(options.initial_prompt)
-            )
+            prompt += self.encode_text(" " + options.initial_prompt.strip())
+        if previous_tokens is not None and previous_tokens[0]:
+            prompt += list(previous_tokens[0])
+        if prompt:
+            kwargs["prompt_ids"] = torch.tensor([self.sot_prev, *prompt[-223:]], device=self.device)
+        temps = options.temperatures or [0.0]
+        kwargs["temperature"] = tuple(temps) if len(temps) > 1 else temps[0]
+        if len(temps) > 1 and options.compression_ratio_threshold is not None:
+            kwargs["compression_ratio_threshold"] = options.compression_ratio_threshold
+        if options.log_prob_threshold is not None and len(temps) > 1:
+            kwargs["logprob_threshold"] = options.log_prob_threshold
+            if options.no_speech_threshold is not None:
+                kwargs["no_speech_threshold"] = options.no_speech_threshold
+        if options.max_new_tokens:
+            kwargs["max_new_tokens"] = options.max_new_tokens
+        if options.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = options.repetition_penalty
+        if options.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = options.no_repeat_ngram_size
+        kwargs["num_beams"] = options.beam_size
         with torch.inference_mode():
-            out = self.model.generate(
+            result = self.model.generate(
                 feats,
-                num_beams=options.beam_size,
                 do_sample=False,
-                max_new_tokens=options.max_new_tokens,
-                return_dict_in_generate=False,
+                return_timestamps=timestamps,
+                return_segments=timestamps,
                 **kwargs,
             )
         tokenizer = self.processor.tokenizer
-        eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         results = []
-        lang_ids = {
-            v: k[2:-2]
-            for k, v in (getattr(self.model.generation_config, "lang_to_id", None) or {}).items()
-        }
-        for i, seq in enumerate(out.tolist()):
-            text_ids = [t for t in seq if t < eot]
-            detected = next((lang_ids[t] for t in seq if t in lang_ids), None)
+        if timestamps:
+            for i, segs in enumerate(result["segments"]):
+                duration = min(len(audios[i]) / SAMPLE_RATE, CHUNK_SECONDS)
+                clip_segments = []
+                for s in segs:
+                    ids = [t for t in s["tokens"].tolist() if t < self.eot]
+                    text = tokenizer.decode(ids, skip_special_tokens=True)
+                    if text.strip():
+                        start = min(float(s["start"]), duration)
+                        end = min(float(s["end"]), duration)
+                        clip_segments.append(ClipSegment(start, max(start, end), text, ids))
+                results.append(
+                    Transcript(
+                        text="".join(s.text for s in clip_segments).strip(),
+                        language=langs[i],
+                        language_probability=probs[i],
+                        tokens=[t for s in clip_segments for t in s.tokens],
+                        segments=clip_segments,
+                        consumed=duration,
+                    )
+                )
+            return results
+        sequences = result if isinstance(result, torch.Tensor) else result["sequences"]
+        for i, seq in enumerate(sequences.tolist()):
+            text_ids = [t for t in seq if t < self.eot]
+            detected = next((self.lang_ids[t] for t in seq if t in self.lang_ids), None)
             results.append(
                 Transcript(
                     text=tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
                     language=langs[i] or detected or ("en" if not self.multilingual else None),
+                    language_probability=probs[i],
                     tokens=text_ids,
                 )
             )

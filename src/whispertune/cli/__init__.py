@@ -16,7 +16,7 @@ from whispertune.errors import UserError
 from whispertune.options import ConfigError
 
 # Modules that register subcommands, in the order --help lists them.
-_COMMAND_MODULES = ("demo", "data", "models", "train", "evaluate", "export")
+_COMMAND_MODULES = ("demo", "data", "models", "train", "evaluate", "transcribe", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,14 +68,82 @@ def export_ct2(
         work = Path(tmp)
         hf_dir = _merged_dir(source, work)
         staged = work / "out"
-        converter = ctranslate2.converters.TransformersConverter(
-            str(hf_dir), copy_files=["tokenizer.json", "preprocessor_config.json"]
-        )
-        converter.convert(str(staged), quantization=quantization, force=True)
+        copy = [f for f in SUPPORT_FILES if (hf_dir / f).is_file()]
+        converter = ctranslate2.converters.TransformersConverter(str(hf_dir), copy_files=copy)
+        try:
+            converter.convert(str(staged), quantization=quantization, force=True)
+        except (ValueError, NotImplementedError, OSError) as e:
+            raise UserError(f"cannot convert {source.describe()} to CTranslate2: {e}") from e
+        _ensure_support_files(hf_dir, staged)
+        _check_alignment_heads(hf_dir, staged)
         if output.exists():
             shutil.rmtree(output)
         os.replace(staged, output)
     return output
+
+
+SUPPORT_FILES = ("tokenizer.json", "preprocessor_config.json")
+
+
+def _ensure_support_files(hf_dir: Path, out: Path) -> None:
+    """Write what faster-whisper reads beside ``model.bin`` when the checkpoint lacks it.
+
+    ``tokenizer.json``: checkpoints saved with only ``vocab.json``/``merges.txt`` get one from
+    the fast tokenizer. ``preprocessor_config.json``: transformers 5 no longer writes it through
+    ``WhisperProcessor.save_pretrained``; without it faster-whisper assumes 80 mel bins, which
+    is wrong for large-v3 style models (128), so it is written from the model's config.
+    """
+    if not (out / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(hf_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            tok.save_pretrained(tmp)
+            if not (Path(tmp) / "tokenizer.json").is_file():
+                raise UserError(f"{hf_dir}: cannot build tokenizer.json from its tokenizer files")
+            shutil.copy(Path(tmp) / "tokenizer.json", out / "tokenizer.json")
+    if not (out / "preprocessor_config.json").is_file():
+        from transformers import WhisperConfig, WhisperFeatureExtractor
+
+        mels = WhisperConfig.from_pretrained(hf_dir).num_mel_bins
+        WhisperFeatureExtractor(feature_size=mels).to_json_file(out / "preprocessor_config.json")
+
+
+def _check_alignment_heads(hf_dir: Path, out: Path) -> None:
+    """Keep only alignment heads that exist in the model.
+
+    The heads come from the checkpoint's generation config; one copied from another model
+    size (easy to do when building or fine-tuning a checkpoint) names layers the model does
+    not have, and CTranslate2's ``align`` — word timestamps, in faster-whisper too — then
+    crashes the process. Without valid heads CTranslate2's default (every head of the
+    decoder's second half) is used.
+    """
+    import json
+
+    from transformers import WhisperConfig
+
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    heads = config.get("alignment_heads")
+    if not heads:
+        return
+    hf = WhisperConfig.from_pretrained(hf_dir)
+    layers, n_heads = hf.decoder_layers, hf.decoder_attention_heads
+    valid = [[layer, head] for layer, head in heads if layer < layers and head < n_heads]
+    if len(valid) == len(heads):
+        return
+    logger.warning(
+        "%d of %d alignment heads do not exist in this %d-layer, %d-head decoder; %s",
+        len(heads) - len(valid),
+        len(heads),
+        layers,
+        n_heads,
+        "dropped" if valid else "using every head of the second half of the decoder",
+    )
+    if not valid:
+        valid = [[layer, head] for layer in range(layers // 2, layers) for head in range(n_heads)]
+    config["alignment_heads"] = valid
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def cached_ct2_export(source: ModelSource, quantization: str | None = None) -> Path:
