@@ -333,12 +333,15 @@ class Trainer:
         with self.acc.autocast():
             logits = self.model(**kwargs).logits
         labels = batch["labels"].to(device)
-        return torch.nn.functional.cross_entropy(
+        loss = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
             ignore_index=-100,
             label_smoothing=self.o.label_smoothing,
         )
+        if self.o.method == "adalora":
+            loss = loss + adalora_orthogonal_penalty(self.acc.unwrap_model(self.model))
+        return loss
 
     def _loader(self, epoch: int, skip: int):
         o = self.o
@@ -562,6 +565,20 @@ class Trainer:
         broadcast_object_list(box, from_process=0)
         self.state = box[1] if not self.is_main else self.state
         return box[0]
+
+
+def adalora_orthogonal_penalty(model) -> torch.Tensor:
+    """AdaLoRA's orthogonality regularizer on P and Q (peft adds it only when the model computes
+    the loss itself; this loop computes the loss, so it adds it here)."""
+    config = model.peft_config["default"]
+    total, count = 0.0, 0
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and p.requires_grad and p.numel():
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            eye = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
+            total = total + torch.norm(cov - eye, p="fro")
+            count += 1
+    return config.orth_reg_weight * total / max(1, count)
 
 
 @torch.inference_mode()
