@@ -1,124 +1,369 @@
-"""Dataset evaluation speed and accuracy: whispertune's backends against faster-whisper's own
-``WhisperModel.transcribe`` loop, same weights, same audio, same beam size, same threads.
+"""Inference speed and accuracy: whispertune against faster-whisper, transformers and
+whisper.cpp — same weights (built-in whisper-base), same audio, beam 5, same CPU threads.
 
-    python benchmarks/inference.py [--manifest M] [--limit N] [--beam-size 5] [--threads 2]
+    python benchmarks/inference.py [--part dataset|longform|all] [--threads 2]
+                                   [--model builtin:base] [--runs 1] [--only NAME ...]
 
-Prints one row per runner (clips/s, RTF, CER, peak RSS growth) and ratios to faster-whisper.
+Dataset part: the AISHELL test split (the last 56 lines of
+../shared/data/zh/aishell_s0150/manifest.jsonl, W0441-W0496; the bundled sample otherwise),
+language given (zh), one row per runner: clips/s, RTF, CER, peak RSS, and the ratio of clips/s
+to faster-whisper's ``WhisperModel.transcribe`` loop (the peer).
+
+Long-form part: ../shared/data/longform (3.6 min of Mandarin): our two long-form modes against
+faster-whisper's sequential ``transcribe`` and its ``BatchedInferencePipeline``: RTF, CER of
+the whole text, share of segment starts within 0.5 s of a true sentence start, peak RSS.
+
+Every runner runs in its own process (so peak RSS is its own, model included); timing starts
+after the model is loaded and stops when the last text is out. Audio decoding is inside the
+timing for every runner, as each does it in normal use (faster-whisper: PyAV; ours: soundfile).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-from whispertune import options
-from whispertune.audio import SAMPLE_RATE, load_audio
-from whispertune.data.manifest import read_manifest
-from whispertune.evaluate import EvaluateOptions, evaluate, score_pairs
-from whispertune.models.builtin import builtin_ct2_dir
-from whispertune.text import normalize
-
-DEFAULT_MANIFEST = (
-    Path(__file__).resolve().parents[1] / "src/whispertune/samples/aishell_s0150/test.jsonl"
-)
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+BUNDLED = REPO / "src/whispertune/samples/aishell_s0150/test.jsonl"
+LONGFORM = SHARED / "longform" / "manifest.jsonl"
+PEER = "faster-whisper transcribe loop"
+LONG_PEER = "faster-whisper BatchedInferencePipeline"
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_faster_whisper(manifest: Path, limit: int | None, beam: int, threads: int) -> dict:
+def test_manifest(workdir: Path) -> Path:
+    """The AISHELL test split as its own manifest (absolute audio paths)."""
+    full = SHARED / "zh/aishell_s0150/manifest.jsonl"
+    if not full.is_file():
+        return BUNDLED
+    lines = full.read_text(encoding="utf-8").splitlines()[-56:]
+    out = workdir / "aishell_test.jsonl"
+    rows = []
+    for line in lines:
+        row = json.loads(line)
+        row["audio"]["path"] = str((full.parent / row["audio"]["path"]).resolve())
+        rows.append(json.dumps(row, ensure_ascii=False))
+    out.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return out
+
+
+def cer(refs: list[str], hyps: list[str]) -> float:
+    from whispertune.evaluate import score_pairs
+    from whispertune.text import normalize
+
+    s, d, i, n, _ = score_pairs([normalize(r) for r in refs], [normalize(h) for h in hyps], "cer")
+    return (s + d + i) / max(1, n)
+
+
+# -- dataset runners (each in a child process) --------------------------------------------------
+
+
+def _samples(manifest: Path):
+    from whispertune.data.manifest import read_manifest
+
+    return read_manifest(manifest)
+
+
+def ds_faster_whisper(manifest: Path, model_dir: str, threads: int, preload: bool) -> dict:
+    """faster-whisper as a user runs it over a data set: one transcribe() per file."""
     from faster_whisper import WhisperModel
 
-    samples = read_manifest(manifest)[:limit]
-    model = WhisperModel(
-        str(builtin_ct2_dir("base")), device="cpu", compute_type="int8", cpu_threads=threads
-    )
-    audios = [load_audio(s.audio_path) for s in samples]
+    from whispertune.audio import load_audio
+
+    samples = _samples(manifest)
+    model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
+    inputs = [load_audio(s.audio_path) if preload else str(s.audio_path) for s in samples]
     start = time.perf_counter()
     hyps = []
-    for audio in audios:
-        segments, _ = model.transcribe(
-            audio, language="zh", beam_size=beam, condition_on_previous_text=False
-        )
+    for audio in inputs:
+        segments, _ = model.transcribe(audio, language="zh", beam_size=5)
         hyps.append("".join(seg.text for seg in segments))
     wall = time.perf_counter() - start
-    refs = [normalize(s.text) for s in samples]
-    s, d, i, n, _ = score_pairs(refs, [normalize(h) for h in hyps], "cer")
-    seconds = sum(len(a) for a in audios) / SAMPLE_RATE
-    return {"clips_s": len(samples) / wall, "rtf": wall / seconds, "cer": (s + d + i) / n}
+    return {"wall": wall, "hyps": hyps, "refs": [s.text for s in samples]}
 
 
-def run_ours(
-    manifest: Path,
-    limit: int | None,
-    beam: int,
-    threads: int,
-    backend: str,
-    compute_type: str,
-    batch: int,
-) -> dict:
-    opts = options.build(
-        EvaluateOptions,
-        {
-            "manifest": manifest,
-            "limit": limit,
-            "beam_size": beam,
-            "threads": threads,
-            "backend": backend,
-            "compute_type": compute_type,
-            "batch_size": batch,
-            "language": "zh",
-        },
+def ds_ours(manifest: Path, model: str, threads: int, **extra) -> dict:
+    from whispertune import options
+    from whispertune.evaluate import EvaluateOptions, evaluate
+
+    values = {
+        "manifest": manifest,
+        "model": model,
+        "threads": threads,
+        "language": "zh",
+        "beam_size": 5,
+        **extra,
+    }
+    report = evaluate(options.build(EvaluateOptions, values))
+    by_line = sorted(report.utterances, key=lambda u: u.line)
+    return {
+        "wall": report.wall_seconds,
+        "hyps": [u.hyp for u in by_line],
+        "refs": [u.ref for u in by_line],
+    }
+
+
+def ds_transformers_pipeline(manifest: Path, model: str, threads: int, batch: int) -> dict:
+    """The real ``transformers.pipeline("automatic-speech-recognition")`` on the converted
+    checkpoint, fp32, batched, beam 5."""
+    import torch
+    from transformers import pipeline
+
+    from whispertune.audio import load_audio
+    from whispertune.models.sources import resolve
+
+    torch.set_num_threads(threads)
+    samples = _samples(manifest)
+    asr = pipeline(
+        "automatic-speech-recognition",
+        model=str(resolve(model).hf_dir()),
+        device="cpu",
+        dtype=torch.float32,
     )
-    r = evaluate(opts)
-    return {"clips_s": r.clips_per_second, "rtf": r.rtf, "cer": r.error_rate}
+    start = time.perf_counter()
+    audios = [{"raw": load_audio(s.audio_path), "sampling_rate": 16000} for s in samples]
+    out = asr(
+        audios,
+        batch_size=batch,
+        generate_kwargs={"language": "zh", "task": "transcribe", "num_beams": 5},
+    )
+    wall = time.perf_counter() - start
+    return {"wall": wall, "hyps": [o["text"] for o in out], "refs": [s.text for s in samples]}
+
+
+def ds_whisper_cpp(manifest: Path, model: str, threads: int, workdir: Path) -> dict:
+    """whisper.cpp (pywhispercpp) on our GGML f16 export, beam 5, one file at a time."""
+    from pywhispercpp.model import Model
+
+    from whispertune.audio import load_audio
+    from whispertune.export.ggml import export_ggml
+
+    path = workdir / "base-f16.bin"
+    if not path.is_file():
+        export_ggml(model, path, dtype="f16")
+    cpp = Model(
+        str(path),
+        redirect_whispercpp_logs_to=None,
+        n_threads=threads,
+        print_progress=False,
+        print_realtime=False,
+        params_sampling_strategy=1,
+        beam_search={"beam_size": 5, "patience": -1.0},
+    )
+    samples = _samples(manifest)
+    start = time.perf_counter()
+    hyps = []
+    for s in samples:
+        segments = cpp.transcribe(load_audio(s.audio_path), language="zh")
+        hyps.append("".join(seg.text for seg in segments))
+    wall = time.perf_counter() - start
+    return {"wall": wall, "hyps": hyps, "refs": [s.text for s in samples]}
+
+
+# -- long-form runners --------------------------------------------------------------------------
+
+
+def lf_faster_whisper(path: str, model_dir: str, threads: int, batched: bool) -> dict:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
+    start = time.perf_counter()
+    if batched:
+        segments, _ = BatchedInferencePipeline(model).transcribe(
+            path, language="zh", beam_size=5, batch_size=8
+        )
+    else:
+        segments, _ = model.transcribe(path, language="zh", beam_size=5)
+    segs = [(s.start, s.end, s.text) for s in segments]
+    return {"wall": time.perf_counter() - start, "segments": segs}
+
+
+def lf_ours(path: str, model: str, threads: int, vad: bool) -> dict:
+    from whispertune.backends import DecodeOptions, create_transcriber
+    from whispertune.transcribe import LongFormOptions, Pipeline
+
+    pipe = Pipeline(
+        create_transcriber(model, "ct2", threads=threads),
+        DecodeOptions(language="zh", beam_size=5),
+        LongFormOptions(vad=vad),
+    )
+    start = time.perf_counter()
+    segs = [(s.start, s.end, s.text) for s in pipe.stream(path)]
+    return {"wall": time.perf_counter() - start, "segments": segs}
+
+
+def runners(args, manifest: Path, workdir: Path) -> dict:
+    from whispertune.backends.ct2 import ct2_model_dir
+    from whispertune.models.sources import resolve
+
+    model_dir = str(ct2_model_dir(resolve(args.model)))
+    t = args.threads
+    longform = json.loads(LONGFORM.read_text(encoding="utf-8").splitlines()[0])
+    lf_path = str(LONGFORM.parent / longform["audio"]["path"])
+    table = {
+        "dataset": {
+            PEER: lambda: ds_faster_whisper(manifest, model_dir, t, preload=False),
+            PEER + " (audio preloaded)": lambda: ds_faster_whisper(manifest, model_dir, t, True),
+            "whispertune ct2 batched": lambda: ds_ours(manifest, args.model, t),
+            "whispertune ct2 batched --pack": lambda: ds_ours(manifest, args.model, t, pack=True),
+            "transformers pipeline fp32": lambda: ds_transformers_pipeline(
+                manifest, args.model, t, 8
+            ),
+            "whisper.cpp f16 (our GGML export)": lambda: ds_whisper_cpp(
+                manifest, args.model, t, workdir
+            ),
+        },
+        "longform": {
+            "faster-whisper transcribe (sequential)": lambda: lf_faster_whisper(
+                lf_path, model_dir, t, batched=False
+            ),
+            LONG_PEER: lambda: lf_faster_whisper(lf_path, model_dir, t, batched=True),
+            "whispertune transcribe (VAD spans, batched)": lambda: lf_ours(
+                lf_path, args.model, t, vad=True
+            ),
+            "whispertune transcribe --no-vad (sequential)": lambda: lf_ours(
+                lf_path, args.model, t, vad=False
+            ),
+        },
+    }
+    return table
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+def child(args) -> None:
+    """Run one runner and print its JSON result (called as a subprocess)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    workdir = Path(args.workdir)
+    manifest = test_manifest(workdir)
+    fn = runners(args, manifest, workdir)[args.part][args.run_one]
+    result = fn()
+    result["rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result, ensure_ascii=False))
+
+
+def run_child(args, part: str, name: str) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--run-one",
+        name,
+        "--part",
+        part,
+        "--threads",
+        str(args.threads),
+        "--model",
+        args.model,
+        "--workdir",
+        args.workdir,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TQDM_DISABLE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
+
+
+def longform_scores(result: dict) -> tuple[float, float]:
+    m = json.loads(LONGFORM.read_text(encoding="utf-8").splitlines()[0])
+    hyp = "".join(s[2] for s in result["segments"])
+    true = [s["start"] for s in m["sentences"]]
+    starts = [s[0] for s in result["segments"]]
+    near = sum(min(abs(t - x) for t in true) <= 0.5 for x in starts) / max(1, len(starts))
+    return cer([m["sentence"]], [hyp]), near
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--beam-size", type=int, default=5)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--part", choices=["dataset", "longform", "all"], default="all")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default="builtin:base")
+    p.add_argument("--runs", type=int, default=1, help="repeat the whole table")
+    p.add_argument("--only", nargs="*", default=None, help="runner names containing these")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    runners = {
-        "faster-whisper transcribe loop (int8)": lambda: run_faster_whisper(
-            args.manifest, args.limit, args.beam_size, args.threads
-        ),
-        f"whispertune ct2 batched (int8, batch {args.batch_size})": lambda: run_ours(
-            args.manifest, args.limit, args.beam_size, args.threads, "ct2", "int8", args.batch_size
-        ),
-        "whispertune transformers (fp32)": lambda: run_ours(
-            args.manifest,
-            args.limit,
-            args.beam_size,
-            args.threads,
-            "transformers",
-            "float32",
-            args.batch_size,
-        ),
-    }
-    rows = []
-    for name, fn in runners.items():
-        before = peak_rss_mb()
-        result = fn()
-        result["rss_mb"] = max(0.0, peak_rss_mb() - before)
-        rows.append((name, result))
-    peer = rows[0][1]
-    print(f"manifest: {args.manifest}  beam {args.beam_size}  threads {args.threads}")
-    print(f"| {'runner':48s} | clips/s | x peer | RTF   | CER %  | peak RSS +MB |")
-    print(f"|{'-' * 50}|---------|--------|-------|--------|--------------|")
+    if args.run_one:
+        child(args)
+        return
+    tmp = tempfile.TemporaryDirectory(prefix="wt-bench-")
+    args.workdir = args.workdir or tmp.name
+    names = runners(args, test_manifest(Path(args.workdir)), Path(args.workdir))
+    parts = ["dataset", "longform"] if args.part == "all" else [args.part]
+    for run in range(args.runs):
+        for part in parts:
+            rows = []
+            for name in names[part]:
+                if args.only and not any(o in name for o in args.only):
+                    continue
+                print(f"[run {run + 1}] {part}: {name} ...", file=sys.stderr, flush=True)
+                rows.append((name, run_child(args, part, name)))
+            if part == "dataset":
+                print_dataset(rows, args, run, test_manifest(Path(args.workdir)))
+            else:
+                print_longform(rows, args, run)
+
+
+def print_dataset(rows, args, run, manifest: Path) -> None:
+    from whispertune.audio import audio_duration
+
+    samples = _samples(manifest)
+    seconds = sum(audio_duration(s.audio_path) for s in samples)
+    print(
+        f"\n### dataset, run {run + 1}: AISHELL test ({len(samples)} clips, {seconds:.0f} s), "
+        f"{args.model}, beam 5, zh, {args.threads} threads"
+    )
+    print("| runner | clips/s | x faster-whisper | RTF | CER % | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    peer = next((r for n, r in rows if n == PEER and "error" not in r), None)
     for name, r in rows:
+        if "error" in r:
+            print(f"| {name} | skipped: {r['error'][:120]} | | | | |")
+            continue
+        n = len(r["hyps"])
+        clips_s = n / r["wall"]
+        ratio = f"{clips_s / (len(peer['hyps']) / peer['wall']):.2f}" if peer else "-"
         print(
-            f"| {name:48s} | {r['clips_s']:7.2f} | {r['clips_s'] / peer['clips_s']:6.2f} | "
-            f"{r['rtf']:.3f} | {r['cer'] * 100:6.2f} | {r['rss_mb']:12.0f} |"
+            f"| {name} | {clips_s:.2f} | {ratio} | {r['wall'] / seconds:.3f} | "
+            f"{cer(r['refs'], r['hyps']) * 100:.2f} | {r['rss_mb']:.0f} |"
         )
-    print("peak RSS growth is cumulative in one process: later rows only show what they add.")
+
+
+def print_longform(rows, args, run) -> None:
+    print(
+        f"\n### long-form, run {run + 1}: 214 s Mandarin, base, beam 5, zh, {args.threads} threads"
+    )
+    print(
+        "| runner | RTF | x batched pipeline | CER % | starts within 0.5 s | segments "
+        "| peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    peer = next((r for n, r in rows if n == LONG_PEER and "error" not in r), None)
+    for name, r in rows:
+        if "error" in r:
+            print(f"| {name} | skipped: {r['error'][:120]} | | | | | |")
+            continue
+        rate, near = longform_scores(r)
+        rtf = r["wall"] / 214.18
+        ratio = f"{peer['wall'] / r['wall']:.2f}" if peer else "-"
+        print(
+            f"| {name} | {rtf:.3f} | {ratio} | {rate * 100:.2f} | {near * 100:.0f} % | "
+            f"{len(r['segments'])} | {r['rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

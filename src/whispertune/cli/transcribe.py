@@ -14,19 +14,29 @@ from whispertune.transcribe import Segment, TranscribeOptions, TranscriptionInfo
 DESCRIPTION = """\
 Transcribe (or translate to English) audio and video files of any length and format. Long
 files are decoded in blocks, never loaded whole. Each segment is printed as it is decoded and
-the results are written as txt, srt, vtt, json and tsv files.
+the results are written as txt, srt, vtt, json and tsv files (--format, --output-dir).
 
-Long audio: by default Silero VAD finds the speech and speech chunks of up to 30 s are decoded
-in batches (--batch-size); silence is never shown to the model. --no-vad instead decodes
-consecutive 30 s windows, each starting where the last complete sentence ended (Whisper's own
-algorithm; slower, sees all audio).
+Long audio: by default Silero VAD finds the speech, speech regions are merged into spans of up
+to 30 s (pauses kept) and spans are decoded in batches (--batch-size), with timestamps; silence
+is never shown to the model. --no-vad decodes consecutive 30 s windows instead, each starting
+where the last complete sentence ended (Whisper's own algorithm: one window at a time, sees
+all the audio). Either way a segment start that Whisper put in the pause before a sentence is
+moved onto the speech (VAD), and a window whose output stops before its speech does is decoded
+again from there.
 
-Hallucination guards (defaults chosen by measurement, see the README): a window whose output
-loops (gzip compression ratio > --compression-ratio-threshold) or is improbable (average
-log-probability < --log-prob-threshold) is decoded again at the next --temperature; a window
-the model calls no-speech (> --no-speech-threshold) with improbable text gives no text.
-Text of earlier windows is not given as context by default (--condition-on-previous-text),
-because one looping window then drags the next ones into the loop.
+Why these defaults (measured with the built-in base on a 3.6-min Mandarin recording, a 5.7-min
+English one, and 10-30 s of digital silence and of -50 dBFS white noise):
+  --vad: same accuracy as --no-vad (CER 18.4 vs 18.2 %, WER 5.2 vs 5.5 %), ~1.4x faster,
+    and no text at all on silence or noise; --no-vad without its VAD gate writes "You" on
+    silence and "Thanks for watching." on noise.
+  guards (--temperature 0 0.2 .. 1, --compression-ratio-threshold 2.4, --log-prob-threshold
+    -1, --no-speech-threshold 0.6; Whisper's values): on speech they never fired; on silence
+    and noise they turn every Mandarin loop ("你别忘了你别忘了...") into empty output. Stricter
+    no-speech values are unsafe: real Mandarin windows reach a no-speech probability of 0.93
+    (their log-probability, -0.5, is what keeps them).
+  --no-condition-on-previous-text: conditioning lowered CER on clean speech (15.5 vs 18.2 %)
+    but made the model repeat earlier sentences over a minute of noise (34 invented
+    characters vs none), the failure mode that is hardest to notice.
 """
 
 
