@@ -191,6 +191,7 @@ class Trainer:
                         "steps_per_epoch": self.steps_per_epoch,
                         "train_samples": len(self.samples),
                         "filtered": self.filter_report.summary(),
+                        "encoder_cache": self.use_cache,
                     },
                     indent=1,
                     default=str,
