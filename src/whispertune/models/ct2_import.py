@@ -261,7 +261,9 @@ def build_generation_config(tokenizer, ct2_config: dict, model_config):
     lang_ids = set(ct2_config.get("lang_ids") or [])
     if lang_ids:  # trust CT2's own list where it has one
         lang_to_id = {t: i for t, i in lang_to_id.items() if i in lang_ids}
-    multilingual = len(lang_to_id) > 1
+    # OpenAI's rule: English-only checkpoints have 51864 tokens, multilingual ones 51865+
+    # (tiny.en's CT2 config still lists language ids, so they cannot decide it).
+    multilingual = model_config.vocab_size >= 51865 and len(lang_to_id) > 1
     heads = ct2_config.get("alignment_heads")
     if not heads:
         heads = [
@@ -293,8 +295,12 @@ def build_generation_config(tokenizer, ct2_config: dict, model_config):
     return gc
 
 
+# Bump when the conversion's output changes, so cached conversions are redone.
+CONVERTER_VERSION = "2"
+
+
 def _fingerprint(ct2_dir: Path) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(CONVERTER_VERSION.encode())
     for name in ("config.json", "tokenizer.json", "model.bin"):
         with open(ct2_dir / name, "rb") as fh:
             while chunk := fh.read(1 << 22):

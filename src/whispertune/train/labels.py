@@ -63,7 +63,7 @@ class SpecialTokens:
             no_timestamps=no_ts,
             timestamp_begin=ts0,
             no_speech=tid("<|nospeech|>") or tid("<|nocaptions|>"),
-            multilingual=len(languages) > 1,
+            multilingual=len(vocab) >= 51865 and len(languages) > 1,  # .en models: 51864
             languages=languages,
         )
 
