@@ -221,7 +221,11 @@ def build_tokenizer(tokenizer_json: Path, vocab_size: int):
         for t in data.get("added_tokens", [])
         if t.get("special") and t["content"] != "<|endoftext|>" and not _is_timestamp(t["content"])
     ]
-    tokenizer = WhisperTokenizer(tokenizer_file=str(tokenizer_json), extra_special_tokens=specials)
+    tokenizer = WhisperTokenizer(
+        tokenizer_file=str(tokenizer_json),
+        extra_special_tokens=specials,
+        pad_token="<|endoftext|>",  # as OpenAI's own tokenizer_config: collators need one
+    )
     missing = vocab_size - len(tokenizer)
     if missing > 0:
         if tokenizer.convert_tokens_to_ids("<|notimestamps|>") != len(tokenizer) - 1:
@@ -296,7 +300,7 @@ def build_generation_config(tokenizer, ct2_config: dict, model_config):
 
 
 # Bump when the conversion's output changes, so cached conversions are redone.
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"
 
 
 def _fingerprint(ct2_dir: Path) -> str:
