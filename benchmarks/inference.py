@@ -42,6 +42,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+CPU = {"start": 0.0, "seconds": 0.0}
+
+
+def clock_start() -> float:
+    """Start the timed region: wall clock, and this process's CPU time (all threads). CPU
+    time is the figure to compare when other jobs share the cores: wall time then depends on
+    how much of the machine the runner happened to get."""
+    CPU["start"] = cpu_seconds()
+    return time.perf_counter()
+
+
+def clock_stop(start: float) -> float:
+    CPU["seconds"] = cpu_seconds() - CPU["start"]
+    return time.perf_counter() - start
+
+
 def test_manifest(workdir: Path) -> Path:
     """The AISHELL test split as its own manifest (absolute audio paths)."""
     full = SHARED / "zh/aishell_s0150/manifest.jsonl"
@@ -84,12 +105,12 @@ def ds_faster_whisper(manifest: Path, model_dir: str, threads: int, preload: boo
     samples = _samples(manifest)
     model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
     inputs = [load_audio(s.audio_path) if preload else str(s.audio_path) for s in samples]
-    start = time.perf_counter()
+    start = clock_start()
     hyps = []
     for audio in inputs:
         segments, _ = model.transcribe(audio, language="zh", beam_size=5)
         hyps.append("".join(seg.text for seg in segments))
-    wall = time.perf_counter() - start
+    wall = clock_stop(start)
     return {"wall": wall, "hyps": hyps, "refs": [s.text for s in samples]}
 
 
@@ -105,7 +126,18 @@ def ds_ours(manifest: Path, model: str, threads: int, **extra) -> dict:
         "beam_size": 5,
         **extra,
     }
+    import whispertune.evaluate as ev
+
+    create = ev.create_transcriber
+
+    def create_then_start_clock(*a, **kw):  # time what evaluate() times: after the load
+        transcriber = create(*a, **kw)
+        clock_start()
+        return transcriber
+
+    ev.create_transcriber = create_then_start_clock
     report = evaluate(options.build(EvaluateOptions, values))
+    clock_stop(0.0)
     by_line = sorted(report.utterances, key=lambda u: u.line)
     return {
         "wall": report.wall_seconds,
@@ -114,7 +146,9 @@ def ds_ours(manifest: Path, model: str, threads: int, **extra) -> dict:
     }
 
 
-def ds_transformers_pipeline(manifest: Path, model: str, threads: int, batch: int) -> dict:
+def ds_transformers_pipeline(
+    manifest: Path, model: str, threads: int, batch: int, limit: int
+) -> dict:
     """The real ``transformers.pipeline("automatic-speech-recognition")`` on the converted
     checkpoint, fp32, batched, beam 5."""
     import torch
@@ -124,25 +158,27 @@ def ds_transformers_pipeline(manifest: Path, model: str, threads: int, batch: in
     from whispertune.models.sources import resolve
 
     torch.set_num_threads(threads)
-    samples = _samples(manifest)
+    samples = _samples(manifest)[:limit]
     asr = pipeline(
         "automatic-speech-recognition",
         model=str(resolve(model).hf_dir()),
         device="cpu",
         dtype=torch.float32,
     )
-    start = time.perf_counter()
+    if asr.tokenizer.pad_token_id is None:  # batching needs one; Whisper pads with <|endoftext|>
+        asr.tokenizer.pad_token = asr.tokenizer.eos_token
+    start = clock_start()
     audios = [{"raw": load_audio(s.audio_path), "sampling_rate": 16000} for s in samples]
     out = asr(
         audios,
         batch_size=batch,
         generate_kwargs={"language": "zh", "task": "transcribe", "num_beams": 5},
     )
-    wall = time.perf_counter() - start
+    wall = clock_stop(start)
     return {"wall": wall, "hyps": [o["text"] for o in out], "refs": [s.text for s in samples]}
 
 
-def ds_whisper_cpp(manifest: Path, model: str, threads: int, workdir: Path) -> dict:
+def ds_whisper_cpp(manifest: Path, model: str, threads: int, workdir: Path, limit: int) -> dict:
     """whisper.cpp (pywhispercpp) on our GGML f16 export, beam 5, one file at a time."""
     from pywhispercpp.model import Model
 
@@ -162,12 +198,12 @@ def ds_whisper_cpp(manifest: Path, model: str, threads: int, workdir: Path) -> d
         beam_search={"beam_size": 5, "patience": -1.0},
     )
     samples = _samples(manifest)
-    start = time.perf_counter()
+    start = clock_start()
     hyps = []
     for s in samples:
         segments = cpp.transcribe(load_audio(s.audio_path), language="zh")
         hyps.append("".join(seg.text for seg in segments))
-    wall = time.perf_counter() - start
+    wall = clock_stop(start)
     return {"wall": wall, "hyps": hyps, "refs": [s.text for s in samples]}
 
 
@@ -178,7 +214,7 @@ def lf_faster_whisper(path: str, model_dir: str, threads: int, batched: bool) ->
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     model = WhisperModel(model_dir, device="cpu", compute_type="int8", cpu_threads=threads)
-    start = time.perf_counter()
+    start = clock_start()
     if batched:
         segments, _ = BatchedInferencePipeline(model).transcribe(
             path, language="zh", beam_size=5, batch_size=8
@@ -186,7 +222,7 @@ def lf_faster_whisper(path: str, model_dir: str, threads: int, batched: bool) ->
     else:
         segments, _ = model.transcribe(path, language="zh", beam_size=5)
     segs = [(s.start, s.end, s.text) for s in segments]
-    return {"wall": time.perf_counter() - start, "segments": segs}
+    return {"wall": clock_stop(start), "segments": segs}
 
 
 def lf_ours(path: str, model: str, threads: int, vad: bool) -> dict:
@@ -198,9 +234,9 @@ def lf_ours(path: str, model: str, threads: int, vad: bool) -> dict:
         DecodeOptions(language="zh", beam_size=5),
         LongFormOptions(vad=vad),
     )
-    start = time.perf_counter()
+    start = clock_start()
     segs = [(s.start, s.end, s.text) for s in pipe.stream(path)]
-    return {"wall": time.perf_counter() - start, "segments": segs}
+    return {"wall": clock_stop(start), "segments": segs}
 
 
 def runners(args, manifest: Path, workdir: Path) -> dict:
@@ -217,11 +253,11 @@ def runners(args, manifest: Path, workdir: Path) -> dict:
             PEER + " (audio preloaded)": lambda: ds_faster_whisper(manifest, model_dir, t, True),
             "whispertune ct2 batched": lambda: ds_ours(manifest, args.model, t),
             "whispertune ct2 batched --pack": lambda: ds_ours(manifest, args.model, t, pack=True),
-            "transformers pipeline fp32": lambda: ds_transformers_pipeline(
-                manifest, args.model, t, 8
+            f"transformers pipeline fp32 (first {args.slow_limit} clips)": lambda: (
+                ds_transformers_pipeline(manifest, args.model, t, 4, args.slow_limit)
             ),
-            "whisper.cpp f16 (our GGML export)": lambda: ds_whisper_cpp(
-                manifest, args.model, t, workdir
+            f"whisper.cpp f16, our GGML export (first {args.slow_limit} clips)": lambda: (
+                ds_whisper_cpp(manifest, args.model, t, workdir, args.slow_limit)
             ),
         },
         "longform": {
@@ -251,6 +287,7 @@ def child(args) -> None:
     fn = runners(args, manifest, workdir)[args.part][args.run_one]
     result = fn()
     result["rss_mb"] = peak_rss_mb()
+    result["cpu"] = CPU["seconds"]
     print("RESULT " + json.dumps(result, ensure_ascii=False))
 
 
@@ -264,6 +301,8 @@ def run_child(args, part: str, name: str) -> dict:
         part,
         "--threads",
         str(args.threads),
+        "--slow-limit",
+        str(args.slow_limit),
         "--model",
         args.model,
         "--workdir",
@@ -295,6 +334,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=1, help="repeat the whole table")
     p.add_argument("--only", nargs="*", default=None, help="runner names containing these")
     p.add_argument("--workdir", default=None)
+    p.add_argument(
+        "--slow-limit",
+        type=int,
+        default=16,
+        help="clips for the slow runners (transformers pipeline, whisper.cpp), whose beam-5 "
+        "CPU runs take 10-20 s a clip here",
+    )
     p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run_one:
@@ -327,18 +373,26 @@ def print_dataset(rows, args, run, manifest: Path) -> None:
         f"\n### dataset, run {run + 1}: AISHELL test ({len(samples)} clips, {seconds:.0f} s), "
         f"{args.model}, beam 5, zh, {args.threads} threads"
     )
-    print("| runner | clips/s | x faster-whisper | RTF | CER % | peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| runner | clips/s | x faster-whisper | RTF | CPU s/clip | x faster-whisper (CPU) "
+        "| CER % | peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     peer = next((r for n, r in rows if n == PEER and "error" not in r), None)
     for name, r in rows:
         if "error" in r:
-            print(f"| {name} | skipped: {r['error'][:120]} | | | | |")
+            print(f"| {name} | skipped: {r['error'][:120]} | | | | | | |")
             continue
         n = len(r["hyps"])
         clips_s = n / r["wall"]
-        ratio = f"{clips_s / (len(peer['hyps']) / peer['wall']):.2f}" if peer else "-"
+        cpu_clip = r["cpu"] / n
+        ratio = cpu_ratio = "-"
+        if peer:
+            ratio = f"{clips_s / (len(peer['hyps']) / peer['wall']):.2f}"
+            cpu_ratio = f"{(peer['cpu'] / len(peer['hyps'])) / cpu_clip:.2f}"
+        rtf = r["wall"] / (seconds * n / len(samples))
         print(
-            f"| {name} | {clips_s:.2f} | {ratio} | {r['wall'] / seconds:.3f} | "
+            f"| {name} | {clips_s:.2f} | {ratio} | {rtf:.3f} | {cpu_clip:.2f} | {cpu_ratio} | "
             f"{cer(r['refs'], r['hyps']) * 100:.2f} | {r['rss_mb']:.0f} |"
         )
 
@@ -348,21 +402,22 @@ def print_longform(rows, args, run) -> None:
         f"\n### long-form, run {run + 1}: 214 s Mandarin, base, beam 5, zh, {args.threads} threads"
     )
     print(
-        "| runner | RTF | x batched pipeline | CER % | starts within 0.5 s | segments "
-        "| peak RSS MB |"
+        "| runner | RTF | x batched pipeline | CPU s | x batched (CPU) | CER % "
+        "| starts within 0.5 s | segments | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     peer = next((r for n, r in rows if n == LONG_PEER and "error" not in r), None)
     for name, r in rows:
         if "error" in r:
-            print(f"| {name} | skipped: {r['error'][:120]} | | | | | |")
+            print(f"| {name} | skipped: {r['error'][:120]} | | | | | | | |")
             continue
         rate, near = longform_scores(r)
         rtf = r["wall"] / 214.18
         ratio = f"{peer['wall'] / r['wall']:.2f}" if peer else "-"
+        cpu_ratio = f"{peer['cpu'] / r['cpu']:.2f}" if peer else "-"
         print(
-            f"| {name} | {rtf:.3f} | {ratio} | {rate * 100:.2f} | {near * 100:.0f} % | "
-            f"{len(r['segments'])} | {r['rss_mb']:.0f} |"
+            f"| {name} | {rtf:.3f} | {ratio} | {r['cpu']:.1f} | {cpu_ratio} | {rate * 100:.2f} "
+            f"| {near * 100:.0f} % | {len(r['segments'])} | {r['rss_mb']:.0f} |"
         )
 
 

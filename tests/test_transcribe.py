@@ -203,7 +203,7 @@ def test_cli_bad_inputs_exit_2_without_traceback(tiny_dir, speech_wav, tmp_path,
     # one bad file among good ones: the good one is still transcribed, the run says it failed
     assert main(["transcribe", str(tmp_path / "gone.mp3"), str(speech_wav), *common]) == 2
     captured = capsys.readouterr()
-    assert "gone.mp3: audio file not found" in captured.out
+    assert "error: " in captured.err and "gone.mp3: audio file not found" in captured.err
     assert (tmp_path / "o/talk.txt").is_file()
     assert "Traceback" not in captured.out + captured.err
 

@@ -783,7 +783,6 @@ def transcribe(
         try:
             streams.append((p, AudioStream(p), None))
         except AudioError as e:
-            logger.error("%s", e)
             streams.append((p, None, str(e)))
     if all(s is None for _, s, _ in streams):
         raise AudioError("; ".join(err for _, _, err in streams if err))
@@ -811,8 +810,7 @@ def transcribe(
                         on_segment(path, run.info, seg)
             except TranscriptionCancelled:
                 raise
-            except AudioError as e:
-                logger.error("%s", e)
+            except AudioError as e:  # damaged in the middle: keep going with the next file
                 outcomes.append(FileOutcome(path, error=str(e)))
                 done_before += stream.duration or 0.0
                 continue

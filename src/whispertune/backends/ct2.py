@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +80,23 @@ class CT2Transcriber(Transcriber):
         compute_type: str = "int8",
         threads: int = 0,
         device: str = "cpu",
-        workers: int = 1,
+        workers: int = 0,
     ) -> None:
+        """``threads`` in all; ``workers`` (0 = auto) batches decoded at once, each on
+        threads // workers cores. On CPU the default is two workers: two half-batches on one
+        core each used about 10 % less CPU time than one batch on two cores (measured on
+        2 cores, long-form and short clips), because small GEMMs scale poorly across
+        threads."""
         from faster_whisper import WhisperModel
 
         self.source = model if isinstance(model, ModelSource) else resolve(model)
         self.model_dir = ct2_model_dir(self.source)
         threads = threads or min(8, os.cpu_count() or 1)
+        if workers <= 0:
+            workers = 2 if device == "cpu" and threads >= 2 else 1
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        threads = max(1, threads // workers)
         try:
             # faster-whisper's loader: the CTranslate2 model plus the tokenizer and feature
             # extractor configured from the directory's preprocessor_config.json.
@@ -94,7 +105,7 @@ class CT2Transcriber(Transcriber):
                 device=device,
                 compute_type=compute_type,
                 cpu_threads=threads,
-                num_workers=max(1, workers),
+                num_workers=workers,
             )
         except (ValueError, RuntimeError) as e:
             raise UserError(
@@ -189,6 +200,37 @@ class CT2Transcriber(Transcriber):
         timestamps: bool = False,
         word_timestamps: bool = False,
         previous_tokens: Sequence[Sequence[int] | None] | None = None,
+    ) -> list[Transcript]:
+        n = len(audios)
+        if self._pool is None or n < 2:
+            return self._transcribe_batch(
+                audios, options, languages, timestamps, word_timestamps, previous_tokens
+            )
+        # Split the batch between the workers (CTranslate2 releases the GIL).
+        k = min(self.workers, n)
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        futures = [
+            self._pool.submit(
+                self._transcribe_batch,
+                audios[a:b],
+                options,
+                languages[a:b] if languages else None,
+                timestamps,
+                word_timestamps,
+                previous_tokens[a:b] if previous_tokens is not None else None,
+            )
+            for a, b in zip(bounds, bounds[1:], strict=False)
+        ]
+        return [t for f in futures for t in f.result()]
+
+    def _transcribe_batch(
+        self,
+        audios: Sequence[np.ndarray],
+        options: DecodeOptions,
+        languages: Sequence[str | None] | None,
+        timestamps: bool,
+        word_timestamps: bool,
+        previous_tokens: Sequence[Sequence[int] | None] | None,
     ) -> list[Transcript]:
         if not audios:
             return []
@@ -369,6 +411,9 @@ class CT2Transcriber(Transcriber):
                     seg.start, seg.end = float(d["start"]), float(d["end"])
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.model = None
         self.fw = None
 

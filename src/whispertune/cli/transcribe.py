@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     for o in outcomes:
         if o.error:
             failed += 1
-            print(f"error: {o.error}")
+            print(f"error: {o.error}", file=sys.stderr)
             continue
         assert o.result is not None
         info = o.result.info
