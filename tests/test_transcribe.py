@@ -159,6 +159,7 @@ def test_word_timestamps_are_inside_their_segments(tiny, speech_wav):
 def test_word_timestamps_need_ct2(monkeypatch):
     class NoWords:
         name = "transformers"
+        multilingual = True
         supports_word_timestamps = False
 
     with pytest.raises(UserError, match="backend ct2"):

@@ -5,14 +5,19 @@ Two ways through a long file, both over audio decoded in blocks (never the whole
 so a 2-hour recording needs no more memory than a 5-minute one):
 
 - ``vad`` (default): Silero VAD (the model bundled in faster-whisper) finds the speech; speech
-  regions are packed into chunks of at most 30 s, and chunks are decoded in batches of
-  ``batch_size``, with timestamps, so each chunk gives sentence-level segments whose times are
-  mapped back to the file. Silence is never shown to the model, which removes the commonest
-  hallucination (text invented on silence and noise), and batching makes it the fast path.
+  regions are merged into spans of at most 30 s, pauses included, and spans are decoded in
+  batches of ``batch_size``, with timestamps, so each span gives sentence-level segments.
+  Silence is never shown to the model, which removes the commonest hallucination (text
+  invented on silence and noise), and batching makes it the fast path.
 - sequential (``--no-vad``): Whisper's own algorithm. A 30 s window is decoded with timestamps;
   the next window starts where the last complete sentence ended, so sentences cut by a window
   edge are decoded whole in the next one. Optionally each window is conditioned on the text
-  before it. One window at a time: slower, but it sees all the audio.
+  before it. One window at a time: slower, but it sees all the audio (windows in which the VAD
+  finds no speech at all are skipped unless ``silence_gate`` is off).
+
+In both, the VAD's speech probabilities then correct two Whisper habits: segment starts put in
+the pause before a sentence move onto the speech, and a window whose text stops before its
+speech does is decoded again from where the text stopped.
 
 The library entry points are :class:`Pipeline` (load a model once, then ``stream()`` files:
 a generator of :class:`Segment` plus an ``info`` with the detected language) and
@@ -66,7 +71,7 @@ class LongFormOptions:
     vad: bool = field(
         default=True,
         metadata={
-            "help": "find speech with Silero VAD and decode speech chunks in batches (fast, "
+            "help": "find speech with Silero VAD and decode spans of speech in batches (fast, "
             "and no text invented on silence); --no-vad decodes every 30 s window in turn, "
             "carried on by timestamps, as Whisper itself does"
         },
@@ -86,7 +91,8 @@ class LongFormOptions:
         default=False,
         metadata={
             "help": "sequential mode: give each window the text decoded before it as context "
-            "(more consistent spelling, but one bad window can make the next ones loop)"
+            "(more consistent wording, but over noise the model then repeats earlier "
+            "sentences; see above)"
         },
     )
     word_timestamps: bool = field(
@@ -358,6 +364,10 @@ class Pipeline:
             self.decode = replace(self.decode, language=None)
         if self.decode.language:
             self.decode = replace(self.decode, language=language_code(self.decode.language))
+        if not transcriber.multilingual:
+            if self.decode.language not in (None, "en"):
+                logger.warning("an English-only model: transcribing as English")
+            self.decode = replace(self.decode, language="en")
         if self.long_form.word_timestamps and not transcriber.supports_word_timestamps:
             raise UserError(
                 f"--word-timestamps is not available with the {transcriber.name} backend; "
@@ -801,6 +811,7 @@ def transcribe(
                 if progress is not None:
                     progress(base + done, total)
 
+            file_progress(0.0, stream.duration)  # the bar shows before the first batch ends
             try:
                 run = pipeline.stream(path, file_progress, cancel)
                 segments = []
