@@ -82,7 +82,8 @@ def build_encoder_cache(
         if meta.get("shape") == [n, frames, d_model]:
             logger.info("reusing encoder cache %s", data_path)
             return EncoderCache(data_path, n, frames, d_model)
-    tmp = data_path.with_name(data_path.name + ".tmp")
+    # per-process temporary name: two runs may build the same shared cache at once
+    tmp = data_path.with_name(f"{data_path.name}.tmp{os.getpid()}")
     out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, frames, d_model))
     encoder.eval()
     param = next(encoder.parameters())
@@ -96,7 +97,9 @@ def build_encoder_cache(
     out.flush()
     del out
     os.replace(tmp, data_path)
-    meta_path.write_text(json.dumps({"shape": [n, frames, d_model]}))
+    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp{os.getpid()}")
+    meta_tmp.write_text(json.dumps({"shape": [n, frames, d_model]}))
+    os.replace(meta_tmp, meta_path)
     return EncoderCache(data_path, n, frames, d_model)
 
 
