@@ -29,7 +29,7 @@ from whispertune.backends.base import (
 )
 from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
-from whispertune.languages import language_code
+from whispertune.languages import NO_SPACE_LANGUAGES, language_code
 from whispertune.text import NormalizeOptions, for_cer, normalize
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 PACK_GAP = 2.0
 PACK_LIMIT = 28.0
 
-# Scripts written without spaces between words: score them by characters.
-CER_LANGUAGES = {"zh", "ja", "ko", "th", "lo", "my", "km", "bo", "yue"}
 
 
 @dataclass
@@ -176,7 +174,7 @@ def _choose_metric(metric: str, samples: list[Sample], language: str | None) -> 
             codes.add(language_code(lang))
         except UserError:
             pass
-    return "cer" if codes and codes <= CER_LANGUAGES else "wer"
+    return "cer" if codes and codes <= NO_SPACE_LANGUAGES else "wer"
 
 
 def evaluate(
