@@ -600,8 +600,9 @@ class Pipeline:
 
         vad_options = self._vad_options()
         batch = max(1, self.decode.batch_size)
-        # Enough audio per VAD pass to fill a batch of 30 s spans, at least 2 minutes.
-        block_target = max(120, batch * 30) * SAMPLE_RATE
+        # Audio per VAD pass: 4 minutes, or a batch of 30 s spans if that is more (16 MB of
+        # samples; smaller blocks cut more spans short at their ends).
+        block_target = max(240, batch * 30) * SAMPLE_RATE
         # A speech region closer than this to the end of the buffer may go on in the next
         # block: it is carried over instead of decoded now.
         lf = self.long_form
@@ -635,7 +636,14 @@ class Pipeline:
                     if done:
                         keep_from = max(keep_from, done[-1]["end"])
                     keep_from = max(0, keep_from)
-                pending.extend(_group_regions(buffer, done, buffer_start))
+                spans = list(_group_regions(buffer, done, buffer_start))
+                if not eof and spans:
+                    # The block's last span may have room for speech of the next block: its
+                    # regions go back to the buffer, to be grouped again with what follows.
+                    last = spans.pop()
+                    keep_from = min(keep_from, last.file_start - buffer_start)
+                    done = [r for r in done if r["start"] + buffer_start < last.file_start]
+                pending.extend(spans)
                 speech += sum(r["end"] - r["start"] for r in done)
                 buffer = buffer[keep_from:]
                 buffer_start += keep_from
