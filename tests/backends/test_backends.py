@@ -44,3 +44,19 @@ def test_unknown_backend_and_language():
 
     with pytest.raises(UserError, match="unknown language 'Klingon'"):
         language_code("Klingon")
+
+
+@pytest.mark.slow
+def test_both_backends_give_the_same_timestamped_segments(shared_data):
+    """Timestamp decoding: transformers' generate(return_timestamps) and our CTranslate2
+    parsing of timestamp tokens give the same segments at float32, greedy."""
+    english = load_audio(shared_data / "en/jfk/jfk.flac")
+    opts = DecodeOptions(language="en", beam_size=1, temperatures=[0.0])
+    ct2 = create_transcriber("builtin:base", "ct2", compute_type="float32")
+    hf = create_transcriber("builtin:base", "transformers", compute_type="float32")
+    a = ct2.transcribe_clips([english], opts, timestamps=True)[0]
+    b = hf.transcribe_clips([english], opts, timestamps=True)[0]
+    assert [(s.start, s.end, s.text.strip()) for s in a.segments] == [
+        (s.start, s.end, s.text.strip()) for s in b.segments
+    ]
+    assert a.segments and a.segments[0].start < 0.5 and "country" in a.text
