@@ -20,12 +20,14 @@ import numpy as np
 
 from whispertune.audio import SAMPLE_RATE, AudioError, load_audio
 from whispertune.backends.base import (
-    BACKENDS,
     DecodeOptions,
     Transcriber,
     Transcript,
+    backend_field,
+    compute_type_field,
     create_transcriber,
     join_texts,
+    model_field,
 )
 from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
@@ -45,23 +47,9 @@ PACK_LIMIT = 28.0
 @dataclass
 class EvaluateOptions:
     manifest: Path = field(metadata={"help": "JSONL manifest to score (audio + reference text)"})
-    model: str = field(
-        default="builtin:base",
-        metadata={
-            "help": "model: builtin:base, a local directory (transformers, adapter or "
-            "CTranslate2) or a hub id"
-        },
-    )
-    backend: str = field(
-        default="ct2", metadata={"help": "inference runtime", "choices": list(BACKENDS)}
-    )
-    compute_type: str = field(
-        default="int8",
-        metadata={
-            "help": "ct2: int8, int8_float32, float32, float16...; transformers: "
-            "float32 or bfloat16 (int8 means float32 there)"
-        },
-    )
+    model: str = model_field()
+    backend: str = backend_field()
+    compute_type: str = compute_type_field()
     metric: str = field(
         default="auto",
         metadata={

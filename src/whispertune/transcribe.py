@@ -37,14 +37,16 @@ import numpy as np
 
 from whispertune.audio import SAMPLE_RATE, AudioError
 from whispertune.backends.base import (
-    BACKENDS,
     CHUNK_SECONDS,
     DecodeOptions,
     Transcriber,
     Transcript,
     Word,
+    backend_field,
+    compute_type_field,
     create_transcriber,
     join_texts,
+    model_field,
 )
 from whispertune.errors import UserError
 from whispertune.formats import FORMATS
@@ -117,23 +119,9 @@ class TranscribeOptions:
             "help": "audio or video files, any length, any format FFmpeg reads",
         }
     )
-    model: str = field(
-        default="builtin:base",
-        metadata={
-            "help": "model: builtin:base, a local directory (transformers, adapter or "
-            "CTranslate2) or a hub id"
-        },
-    )
-    backend: str = field(
-        default="ct2", metadata={"help": "inference runtime", "choices": list(BACKENDS)}
-    )
-    compute_type: str = field(
-        default="int8",
-        metadata={
-            "help": "ct2: int8, int8_float32, float32, float16...; transformers: "
-            "float32 or bfloat16 (int8 means float32 there)"
-        },
-    )
+    model: str = model_field()
+    backend: str = backend_field()
+    compute_type: str = compute_type_field()
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
     output_dir: Path = field(
         default=Path("."), metadata={"help": "folder for the output files (created)"}

@@ -167,6 +167,31 @@ class Transcript:
     silence: bool = False  # dropped by the no-speech guard
 
 
+def model_field():
+    """The ``--model`` option of every command that decodes (one definition, one help text)."""
+    return field(
+        default="builtin:base",
+        metadata={
+            "help": "model: builtin:base, a local directory (transformers, adapter or "
+            "CTranslate2) or a hub id"
+        },
+    )
+
+
+def backend_field():
+    return field(default="ct2", metadata={"help": "inference runtime", "choices": list(BACKENDS)})
+
+
+def compute_type_field():
+    return field(
+        default="int8",
+        metadata={
+            "help": "ct2: int8, int8_float32, float32, float16...; transformers: "
+            "float32 or bfloat16 (int8 means float32 there)"
+        },
+    )
+
+
 class Transcriber(ABC):
     """Decodes clips of up to 30 s; long audio is cut into such clips before it gets here."""
 
