@@ -51,9 +51,19 @@ def _losses(run: Path) -> list[float]:
         ("adalora", {}),
         ("full", {"freeze_encoder": True}),
         ("lora", {"lora_scope": "decoder"}),
+        ("lora", {"lora_scope": "decoder", "encoder_layers": 1}),
+        ("full", {"freeze_encoder": True, "encoder_layers": 1}),
         ("full", {}),
     ],
-    ids=["lora", "adalora", "full-frozen-encoder", "lora-decoder-cached", "full"],
+    ids=[
+        "lora",
+        "adalora",
+        "full-frozen-encoder",
+        "lora-decoder-cached",
+        "lora-decoder-top-encoder-cached",
+        "full-top-encoder-cached",
+        "full",
+    ],
 )
 def test_each_method_learns_a_repeated_batch(tiny_model, tmp_path, method, extra):
     manifest = write_manifest(tmp_path / "m.jsonl", 4)
@@ -101,17 +111,24 @@ def test_adalora_schedule_is_in_optimizer_steps(tiny_model, tmp_path):
     assert run["total_steps"] == 6 and run["steps_per_epoch"] == 2
 
 
-def test_encoder_cache_gives_the_same_loss(tiny_model, tmp_path):
+@pytest.mark.parametrize("trained_layers", [0, 1], ids=["output", "input-of-last-layer"])
+def test_encoder_cache_gives_the_same_loss(tiny_model, tmp_path, trained_layers):
     from whispertune.models.loading import load_processor
     from whispertune.models.sources import resolve
     from whispertune.train.dataset import SpeechDataset, collate
     from whispertune.train.encoder_cache import CachedDataset, build_encoder_cache
     from whispertune.train.labels import SpecialTokens
-    from whispertune.train.model import build_model
+    from whispertune.train.model import build_model, run_top_encoder, top_encoder
 
     manifest = write_manifest(tmp_path / "m.jsonl", 4)
-    o = _opts(tiny_model, manifest, tmp_path / "run", lora_scope="decoder")
+    o = _opts(
+        tiny_model, manifest, tmp_path / "run", lora_scope="decoder", encoder_layers=trained_layers
+    )
     loaded = build_model(o, 10)
+    names = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    last = loaded.model.config.encoder_layers - 1
+    encoder_names = {n.split(".layers.")[1].split(".")[0] for n in names if ".encoder." in n}
+    assert encoder_names == ({str(last)} if trained_layers else set()), names
     processor = load_processor(resolve(str(tiny_model)))
     special = SpecialTokens.from_tokenizer(processor.tokenizer)
     from whispertune.data.manifest import read_manifest
@@ -119,7 +136,9 @@ def test_encoder_cache_gives_the_same_loss(tiny_model, tmp_path):
     ds = SpeechDataset(
         read_manifest(manifest), processor.feature_extractor, processor.tokenizer, special, o
     )
-    cache = build_encoder_cache(loaded.model.get_encoder(), ds, tmp_path / "cache", "k")
+    cache = build_encoder_cache(
+        loaded.model.get_encoder(), ds, tmp_path / "cache", "k", trained_layers=trained_layers
+    )
     plain = collate([ds[i] for i in range(4)], special.eot, special.sot)
     cached = collate([CachedDataset(ds, cache)[i] for i in range(4)], special.eot, special.sot)
     model = loaded.model.eval()
@@ -127,8 +146,11 @@ def test_encoder_cache_gives_the_same_loss(tiny_model, tmp_path):
         a = model(
             input_features=plain["input_features"], decoder_input_ids=plain["decoder_input_ids"]
         ).logits
+        hidden = cached["encoder_hidden"]
+        if trained_layers:
+            hidden = run_top_encoder(top_encoder(model), hidden, trained_layers)
         b = model(
-            encoder_outputs=(cached["encoder_hidden"],),
+            encoder_outputs=(hidden,),
             decoder_input_ids=cached["decoder_input_ids"],
         ).logits
     ce = torch.nn.functional.cross_entropy

@@ -54,6 +54,14 @@ class TrainOptions:
         default=False,
         metadata={"help": "full fine-tuning: keep the encoder frozen (enables the encoder cache)"},
     )
+    encoder_layers: int = field(
+        default=0,
+        metadata={
+            "help": "with --lora-scope decoder or --freeze-encoder: also train the last N "
+            "encoder layers (speaker/channel adaptation); the encoder cache then holds the "
+            "input of those layers, so a step costs N/L of the encoder instead of all of it"
+        },
+    )
     encoder_cache: bool = field(
         default=True,
         metadata={

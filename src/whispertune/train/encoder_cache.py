@@ -44,8 +44,10 @@ class EncoderCache:
         self.path, self.shape, self._array = state["path"], state["shape"], None
 
 
-def cache_key(model_dir: Path, samples: list, n_mels: int) -> str:
+def cache_key(model_dir: Path, samples: list, n_mels: int, trained_layers: int = 0) -> str:
     digest = hashlib.sha256()
+    if trained_layers:  # a different tensor: the input of the last N layers
+        digest.update(f"input-of-last-{trained_layers}".encode())
     for name in ("model.safetensors", "config.json"):
         p = Path(model_dir) / name
         if p.exists():
@@ -65,8 +67,12 @@ def build_encoder_cache(
     key: str,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    trained_layers: int = 0,
 ) -> EncoderCache:
     """Encode every clip of ``dataset`` (unaugmented) into ``directory/encoder-KEY.f16``.
+
+    With ``trained_layers`` N > 0 the cache holds what enters the last N layers (those are
+    trained), not the encoder's output.
 
     A finished cache is reused; a partial one (killed run) is rebuilt: completion is marked by
     a sidecar JSON written after the data is flushed.
@@ -87,13 +93,26 @@ def build_encoder_cache(
     out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, frames, d_model))
     encoder.eval()
     param = next(encoder.parameters())
-    for i in range(0, n, batch_size):
-        idx = list(range(i, min(n, i + batch_size)))
-        feats = np.stack([dataset.features(dataset.audio(j)) for j in idx])
-        hidden = encoder(torch.from_numpy(feats).to(param.device, param.dtype)).last_hidden_state
-        out[idx[0] : idx[-1] + 1] = hidden.float().cpu().numpy().astype(np.float16)
-        if progress is not None:
-            progress(idx[-1] + 1, n)
+    captured: list[torch.Tensor] = []
+    hook = None
+    if trained_layers:
+        hook = encoder.layers[-trained_layers].register_forward_pre_hook(
+            lambda module, args: captured.append(args[0])
+        )
+    try:
+        for i in range(0, n, batch_size):
+            idx = list(range(i, min(n, i + batch_size)))
+            feats = np.stack([dataset.features(dataset.audio(j)) for j in idx])
+            features = torch.from_numpy(feats).to(param.device, param.dtype)
+            hidden = encoder(features).last_hidden_state
+            if trained_layers:
+                hidden = captured.pop()
+            out[idx[0] : idx[-1] + 1] = hidden.float().cpu().numpy().astype(np.float16)
+            if progress is not None:
+                progress(idx[-1] + 1, n)
+    finally:
+        if hook is not None:
+            hook.remove()
     out.flush()
     del out
     os.replace(tmp, data_path)

@@ -37,7 +37,7 @@ from whispertune.train.dataset import (
     steps_per_epoch,
 )
 from whispertune.train.labels import SpecialTokens
-from whispertune.train.model import build_model, check_hardware
+from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,11 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
+        if o.encoder_layers and not o.encoder_frozen():
+            raise UserError(
+                "--encoder-layers N trains the last N encoder layers of an otherwise frozen "
+                "encoder: use it with --lora-scope decoder (LoRA) or --freeze-encoder (full)"
+            )
         samples = load_checked_manifest(o.train)
         self.eval_samples = load_checked_manifest(o.eval) if o.eval else []
         if o.eval_limit:
@@ -224,6 +229,7 @@ class Trainer:
             resolve(self.o.model).hf_dir(),
             self.samples,
             self.processor.feature_extractor.feature_size,
+            self.o.encoder_layers,
         )
         # Shared across runs (the key covers model, clips and mel settings): experiments on the
         # same data pay for the encoder once.
@@ -238,6 +244,7 @@ class Trainer:
                 directory,
                 key,
                 progress=lambda d, n: self.progress({"kind": "cache", "done": d, "total": n}),
+                trained_layers=self.o.encoder_layers,
             )
         self.acc.wait_for_everyone()
         if not self.is_main:
@@ -327,11 +334,15 @@ class Trainer:
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = self.acc.device
         kwargs: dict[str, Any] = {"decoder_input_ids": batch["decoder_input_ids"].to(device)}
-        if "encoder_hidden" in batch:
-            kwargs["encoder_outputs"] = (batch["encoder_hidden"].to(device),)
-        else:
-            kwargs["input_features"] = batch["input_features"].to(device)
         with self.acc.autocast():
+            if "encoder_hidden" in batch:
+                hidden = batch["encoder_hidden"].to(device)
+                if self.o.encoder_layers:
+                    encoder = top_encoder(self.acc.unwrap_model(self.model))
+                    hidden = run_top_encoder(encoder, hidden, self.o.encoder_layers)
+                kwargs["encoder_outputs"] = (hidden,)
+            else:
+                kwargs["input_features"] = batch["input_features"].to(device)
             logits = self.model(**kwargs).logits
         labels = batch["labels"].to(device)
         loss = torch.nn.functional.cross_entropy(
@@ -599,8 +610,9 @@ def evaluate_model(
     dtype = next(model.parameters()).dtype
     # Room for twice the longest reference: enough to see hallucinated repetition, without
     # letting an untrained model babble 224 tokens per clip.
-    longest = max(len(processor.tokenizer.encode(s.text, add_special_tokens=False))
-                  for s in samples)
+    longest = max(
+        len(processor.tokenizer.encode(s.text, add_special_tokens=False)) for s in samples
+    )
     max_new = int(min(224, max(32, 2 * longest + 8)))
     by_lang: dict[str | None, list] = {}
     for s in samples:

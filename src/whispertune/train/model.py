@@ -40,11 +40,19 @@ def check_hardware(options: TrainOptions) -> None:
             )
 
 
-def lora_target_modules(options: TrainOptions) -> list[str] | str:
-    """Module names for peft: all matching modules, or only the decoder's (a regex)."""
+def lora_target_modules(
+    options: TrainOptions, encoder_layer_count: int | None = None
+) -> list[str] | str:
+    """Module names for peft: all matching modules, or only the decoder's (a regex), plus the
+    last ``options.encoder_layers`` encoder layers."""
     if options.lora_scope == "decoder":
         alternatives = "|".join(options.lora_targets)
-        return rf"model\.decoder\.layers\.\d+\.(self_attn|encoder_attn|fc1|fc2)?\.?({alternatives})"
+        layers = r"decoder\.layers\.\d+"
+        if options.encoder_layers and encoder_layer_count is not None:
+            first = encoder_layer_count - min(options.encoder_layers, encoder_layer_count)
+            top = "|".join(str(i) for i in range(first, encoder_layer_count))
+            layers = rf"(decoder\.layers\.\d+|encoder\.layers\.({top}))"
+        return rf"model\.{layers}\.(self_attn|encoder_attn|fc1|fc2)?\.?({alternatives})"
     return list(options.lora_targets)
 
 
@@ -70,6 +78,11 @@ def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
         model.config.mask_time_prob = 0.05
         model.config.mask_feature_prob = 0.05
         model.config.mask_feature_length = 10
+    if options.encoder_layers > model.config.encoder_layers:
+        raise UserError(
+            f"--encoder-layers {options.encoder_layers}: this model's encoder has "
+            f"{model.config.encoder_layers} layers"
+        )
     # generation-related values in the model config conflict with generation_config in v5
     model.config.forced_decoder_ids = None
     if options.method in ("lora", "adalora"):
@@ -82,8 +95,14 @@ def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
         for p in model.parameters():
             p.requires_grad = True
         if options.freeze_encoder:
-            for p in model.model.encoder.parameters():
+            encoder = model.model.encoder
+            for p in encoder.parameters():
                 p.requires_grad = False
+            if options.encoder_layers:
+                top = list(encoder.layers[-options.encoder_layers :]) + [encoder.layer_norm]
+                for module in top:
+                    for p in module.parameters():
+                        p.requires_grad = True
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -104,7 +123,7 @@ def _with_adapter(model, source: ModelSource, options: TrainOptions, total_steps
 
     if source.adapter_dir is not None:  # continue training an existing adapter
         return PeftModel.from_pretrained(model, source.adapter_dir, is_trainable=True)
-    targets = lora_target_modules(options)
+    targets = lora_target_modules(options, model.config.encoder_layers)
     if options.method == "lora":
         config = LoraConfig(
             r=options.lora_r,
@@ -140,3 +159,19 @@ def adalora_schedule(total_steps: int) -> dict[str, int]:
         "tfinal": tfinal,
         "deltaT": max(1, total_steps // 50),
     }
+
+
+def top_encoder(model) -> torch.nn.Module:
+    """The encoder of ``model`` (plain or peft-wrapped), for running its trained top layers on
+    cached hidden states."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model.model.encoder
+
+
+def run_top_encoder(encoder, hidden: torch.Tensor, trained_layers: int) -> torch.Tensor:
+    """Finish the encoder from the input of its last ``trained_layers`` layers (what the cache
+    holds), the same computation as ``WhisperEncoder.forward`` from that layer on."""
+    for layer in encoder.layers[-trained_layers:]:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
