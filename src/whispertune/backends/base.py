@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -221,8 +221,58 @@ class Transcriber(ABC):
         """Text tokens (no special tokens) for prompts."""
         raise NotImplementedError
 
+    def initial_prompt_tokens(self, options: DecodeOptions) -> list[int]:
+        """The tokens of ``options.initial_prompt`` (none without one), in one place so that
+        every backend gives the model the same context: Whisper's leading space included."""
+        if not options.initial_prompt:
+            return []
+        return self.encode_text(" " + options.initial_prompt.strip())
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Release the runtime's memory and threads."""
+
+
+def clip_languages(
+    options: DecodeOptions, languages: Sequence[str | None] | None, n: int
+) -> list[str | None]:
+    """The language code of each of ``n`` clips: its own from ``languages``, else
+    ``options.language``, else None (to be detected). Shared by the backends so that an
+    unknown language fails the same way, before any audio is processed."""
+    # imported here: whispertune.languages loads transformers' tables, which importing the
+    # backend interface alone (options, --help) should not pay for
+    from whispertune.languages import language_code
+
+    default_lang = language_code(options.language) if options.language else None
+    return [language_code(lang) if lang else default_lang for lang in (languages or [None] * n)]
+
+
+def detect_missing_languages(
+    langs: list[str | None],
+    multilingual: bool,
+    detect: Callable[[], Sequence[tuple[str, float]]],
+) -> tuple[list[str | None], list[float | None]]:
+    """Languages filled in where ``clip_languages`` left None, with their probabilities.
+
+    An English-only model is English throughout. Otherwise ``detect`` (the backend's own
+    detection, most probable (code, probability) per clip of the batch) runs only when some
+    clip has no language, since it costs a decoder pass; given languages keep probability None.
+    """
+    n = len(langs)
+    probs: list[float | None] = [None] * n
+    if not multilingual:
+        return ["en"] * n, probs
+    langs = list(langs)
+    if any(lang is None for lang in langs):
+        for i, (lang, prob) in enumerate(detect()):
+            if langs[i] is None:
+                langs[i], probs[i] = lang, prob
+    return langs, probs
+
+
+def clip_duration(audio: np.ndarray) -> float:
+    """Seconds of a clip as decoded: anything past Whisper's 30 s window is not seen, so
+    segment times and ``consumed`` are capped there by every backend."""
+    return min(len(audio) / SAMPLE_RATE, CHUNK_SECONDS)
 
 
 def join_texts(texts) -> str:

@@ -30,14 +30,16 @@ from whispertune.backends.base import (
     Transcript,
     Word,
     avg_logprob_from_score,
+    clip_duration,
+    clip_languages,
     compression_ratio,
+    detect_missing_languages,
     is_silence,
     needs_fallback,
     normalized_guards,
     split_timestamped,
 )
 from whispertune.errors import UserError
-from whispertune.languages import language_code
 from whispertune.models.sources import ModelSource, resolve
 
 logger = logging.getLogger(__name__)
@@ -239,26 +241,16 @@ class CT2Transcriber(Transcriber):
         if not audios:
             return []
         options = normalized_guards(options)
-        n = len(audios)
-        default_lang = language_code(options.language) if options.language else None
-        langs: list[str | None] = [
-            language_code(lang) if lang else default_lang for lang in (languages or [None] * n)
-        ]
+        langs = clip_languages(options, languages, len(audios))
         feats = np.stack([self._features(a) for a in audios])
         encoded = self._encode(feats)
-        probs: list[float | None] = [None] * n
-        if not self.multilingual:
-            langs = ["en"] * n
-        elif any(lang is None for lang in langs):
-            for i, ranked in enumerate(self.detect_languages(encoded)):
-                if langs[i] is None:
-                    langs[i], probs[i] = ranked[0]
+        langs, probs = detect_missing_languages(
+            langs, self.multilingual, lambda: [r[0] for r in self.detect_languages(encoded)]
+        )
         tokenizers = {
             (lang, options.task): self._tokenizer(lang, options.task) for lang in set(langs)
         }
-        prompt_prefix: list[int] = []
-        if options.initial_prompt:
-            prompt_prefix = self.encode_text(" " + options.initial_prompt.strip())
+        prompt_prefix = self.initial_prompt_tokens(options)
         prompts = []
         for i, lang in enumerate(langs):
             previous = list(prompt_prefix)
@@ -276,7 +268,7 @@ class CT2Transcriber(Transcriber):
         )
         out = []
         for i, (lang, prob, res) in enumerate(zip(langs, probs, decoded, strict=True)):
-            duration = min(len(audios[i]) / SAMPLE_RATE, CHUNK_SECONDS)
+            duration = clip_duration(audios[i])
             silence = is_silence(options, res.avg_logprob, res.no_speech_prob)
             t = Transcript(
                 text="",

@@ -20,10 +20,12 @@ from whispertune.backends.base import (
     DecodeOptions,
     Transcriber,
     Transcript,
+    clip_duration,
+    clip_languages,
+    detect_missing_languages,
     normalized_guards,
 )
 from whispertune.errors import UserError
-from whispertune.languages import language_code
 from whispertune.models.sources import ModelSource
 
 logger = logging.getLogger(__name__)
@@ -113,29 +115,20 @@ class HFTranscriber(Transcriber):
                     previous_tokens=[previous_tokens[i]],
                 )
             return out
-        default_lang = language_code(options.language) if options.language else None
-        langs: list[str | None] = [
-            language_code(lang) if lang else default_lang for lang in (languages or [None] * n)
-        ]
+        langs = clip_languages(options, languages, n)
         feats = self.processor.feature_extractor(
             [np.asarray(a, dtype=np.float32)[: int(CHUNK_SECONDS * SAMPLE_RATE)] for a in audios],
             sampling_rate=SAMPLE_RATE,
             return_tensors="pt",
         ).input_features.to(self.device, self.dtype)
-        probs: list[float | None] = [None] * n
-        if not self.multilingual:
-            langs = ["en"] * n
-        elif any(lang is None for lang in langs):
-            for i, (lang, prob) in enumerate(self._detect(feats)):
-                if langs[i] is None:
-                    langs[i], probs[i] = lang, prob
+        langs, probs = detect_missing_languages(
+            langs, self.multilingual, lambda: self._detect(feats)
+        )
         kwargs: dict = {}
         if self.multilingual:
             kwargs["task"] = options.task
             kwargs["language"] = langs if len(set(langs)) > 1 else langs[0]
-        prompt: list[int] = []
-        if options.initial_prompt:
-            prompt += self.encode_text(" " + options.initial_prompt.strip())
+        prompt = self.initial_prompt_tokens(options)
         if previous_tokens is not None and previous_tokens[0]:
             prompt += list(previous_tokens[0])
         if prompt:
@@ -167,7 +160,7 @@ class HFTranscriber(Transcriber):
         results = []
         if timestamps:
             for i, segs in enumerate(result["segments"]):
-                duration = min(len(audios[i]) / SAMPLE_RATE, CHUNK_SECONDS)
+                duration = clip_duration(audios[i])
                 clip_segments = []
                 for s in segs:
                     ids = [t for t in s["tokens"].tolist() if t < self.eot]
