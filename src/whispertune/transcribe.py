@@ -313,6 +313,54 @@ class AudioStream:
             container.close()
 
 
+class _AudioBuffer:
+    """The part of a streamed file a long-form loop still needs, with its place in the file.
+
+    Both ways through a file (sequential windows, VAD passes) read blocks until enough audio
+    is buffered and then forget what they are done with, so memory stays bounded by a window
+    or a VAD pass whatever the file's length; this is that bookkeeping, written once.
+    """
+
+    def __init__(self, source: AudioStream) -> None:
+        self._blocks = iter(source)
+        self.audio = np.zeros(0, dtype=np.float32)
+        self.start = 0  # file sample index of audio[0]
+        self.total = 0  # samples read from the file so far
+        self.eof = False
+
+    @property
+    def end(self) -> int:
+        """File sample index just past the buffered audio."""
+        return self.start + len(self.audio)
+
+    def fill(self, until: int) -> None:
+        """Read blocks until the buffer reaches file sample ``until`` or the file ends."""
+        while not self.eof and self.end < until:
+            block = next(self._blocks, None)
+            if block is None:
+                self.eof = True
+            else:
+                self.audio = np.concatenate([self.audio, block])
+                self.total += len(block)
+
+    def drop_before(self, sample: int) -> None:
+        """Forget the audio before file sample ``sample``."""
+        drop = sample - self.start
+        if drop > 0:
+            self.audio = self.audio[drop:]
+            self.start = sample
+
+
+def _finish(info: TranscriptionInfo, total: int, progress: Progress | None) -> None:
+    """End of a file in either long-form mode: its exact duration (the header's may be off),
+    a last progress call at 100 %, and a warning for a file with no samples at all."""
+    info.duration = total / SAMPLE_RATE
+    if progress is not None:
+        progress(info.duration, info.duration)
+    if total == 0:
+        logger.warning("%s: no audio samples", info.source)
+
+
 # -- the pipeline ------------------------------------------------------------------------------
 
 
@@ -484,23 +532,13 @@ class Pipeline:
         progress: Progress | None,
         cancel: threading.Event | None,
     ) -> Iterator[Segment]:
-        blocks = iter(source)
-        buffer = np.zeros(0, dtype=np.float32)
-        buffer_start = 0  # file sample index of buffer[0]
+        buffer = _AudioBuffer(source)
         seek = 0
-        eof = False
-        total = 0
         history: list[int] = []  # text tokens of the kept segments since the last reset
         next_id = 1
         while True:
-            while not eof and buffer_start + len(buffer) < seek + WINDOW:
-                block = next(blocks, None)
-                if block is None:
-                    eof = True
-                else:
-                    buffer = np.concatenate([buffer, block])
-                    total += len(block)
-            window = buffer[seek - buffer_start : seek - buffer_start + WINDOW]
+            buffer.fill(seek + WINDOW)
+            window = buffer.audio[seek - buffer.start : seek - buffer.start + WINDOW]
             if len(window) == 0 or (seek > 0 and len(window) < MIN_TAIL_SECONDS * SAMPLE_RATE):
                 break
             if self.long_form.silence_gate and not _has_speech(
@@ -526,17 +564,10 @@ class Pipeline:
                     seek += max(1, int(round(consumed * SAMPLE_RATE)))
                     if (t.temperature or 0.0) > 0.5:
                         history = []  # a window that needed a hot decode is no context to keep
-            drop = seek - buffer_start
-            if drop > 0:
-                buffer = buffer[drop:]
-                buffer_start = seek
+            buffer.drop_before(seek)
             if progress is not None:
-                progress(min(seek, total) / SAMPLE_RATE, source.duration)
-        info.duration = total / SAMPLE_RATE
-        if progress is not None:
-            progress(info.duration, info.duration)
-        if total == 0:
-            logger.warning("%s: no audio samples", info.source)
+                progress(min(seek, buffer.total) / SAMPLE_RATE, source.duration)
+        _finish(info, buffer.total, progress)
 
     # -- VAD: speech spans, batched -------------------------------------------------------------
 
@@ -596,35 +627,27 @@ class Pipeline:
         lf = self.long_form
         margin = int((lf.vad_min_silence_ms + 2 * lf.vad_speech_pad_ms) * SAMPLE_RATE / 1000)
         margin += SAMPLE_RATE
-        blocks = iter(source)
-        buffer = np.zeros(0, dtype=np.float32)
-        buffer_start = 0
-        total = 0
+        buffer = _AudioBuffer(source)
         speech = 0
-        eof = False
         next_id = 1
         pending: list[_Span] = []
-        while not eof or pending:
-            while not eof and len(buffer) < block_target:
-                block = next(blocks, None)
-                if block is None:
-                    eof = True
-                else:
-                    buffer = np.concatenate([buffer, block])
-                    total += len(block)
-            if len(buffer):
-                regions = get_speech_timestamps(buffer, vad_options)
+        while not buffer.eof or pending:
+            buffer.fill(buffer.start + block_target)
+            eof = buffer.eof
+            buffer_start = buffer.start
+            if len(buffer.audio):
+                regions = get_speech_timestamps(buffer.audio, vad_options)
                 if eof:
-                    done, keep_from = regions, len(buffer)
+                    done, keep_from = regions, len(buffer.audio)
                 else:
-                    cut = len(buffer) - margin
+                    cut = len(buffer.audio) - margin
                     done = [r for r in regions if r["end"] <= cut]
                     rest = [r for r in regions if r["end"] > cut]
                     keep_from = min(cut, rest[0]["start"]) if rest else cut
                     if done:
                         keep_from = max(keep_from, done[-1]["end"])
                     keep_from = max(0, keep_from)
-                spans = list(_group_regions(buffer, done, buffer_start))
+                spans = list(_group_regions(buffer.audio, done, buffer_start))
                 if not eof and spans:
                     # The block's last span may have room for speech of the next block: its
                     # regions go back to the buffer, to be grouped again with what follows.
@@ -633,8 +656,7 @@ class Pipeline:
                     done = [r for r in done if r["start"] + buffer_start < last.file_start]
                 pending.extend(spans)
                 speech += sum(r["end"] - r["start"] for r in done)
-                buffer = buffer[keep_from:]
-                buffer_start += keep_from
+                buffer.drop_before(buffer_start + keep_from)
             # Decode what is ready: full batches, or everything at the end of the file. The
             # first span of a file goes alone when the language is to be detected from it.
             while pending and (eof or len(pending) >= batch or info.language is None):
@@ -645,17 +667,13 @@ class Pipeline:
                     next_id += 1
                     yield seg
                 if progress is not None:
-                    done_s = (buffer_start if not pending else pending[0].file_start) / SAMPLE_RATE
+                    done_s = (buffer.start if not pending else pending[0].file_start) / SAMPLE_RATE
                     progress(done_s, source.duration)
             if eof and not pending:
                 break
-        info.duration = total / SAMPLE_RATE
         info.speech_duration = speech / SAMPLE_RATE
-        if progress is not None:
-            progress(info.duration, info.duration)
-        if total == 0:
-            logger.warning("%s: no audio samples", info.source)
-        elif speech == 0:
+        _finish(info, buffer.total, progress)
+        if buffer.total and speech == 0:
             logger.info("%s: no speech found by the VAD", info.source)
 
 
