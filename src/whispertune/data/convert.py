@@ -13,6 +13,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -50,6 +51,30 @@ def _check_output(output: Path, force: bool) -> None:
         raise UserError(f"{output}: already exists; pass --force to overwrite it")
 
 
+def _output_field() -> Any:
+    """``--output`` of both converters: one definition, so ``from-folder`` and ``from-tsv``
+    take and describe it the same way."""
+    return field(metadata={"help": "manifest to write", "metavar": "OUT"})
+
+
+def _force_field() -> Any:
+    """``--force`` of both converters (see _output_field)."""
+    return field(default=False, metadata={"help": "overwrite --output when it exists"})
+
+
+def _measured_sample(audio: Path, sentence: str, language: str | None) -> Sample:
+    """A manifest line for one clip, its duration measured from the file: both converters
+    open every clip here, so an unreadable one is reported (AudioError) with where it came
+    from, not in the middle of training."""
+    duration = measure_duration(audio)
+    return Sample(
+        audio_path=audio.resolve(),
+        sentence=sentence,
+        language=language,
+        duration=round(duration, 2),
+    )
+
+
 # --- from a folder --------------------------------------------------------------------------
 
 
@@ -60,7 +85,7 @@ class FolderOptions:
     folder: Path = field(
         metadata={"positional": True, "help": "folder with the audio files (searched recursively)"}
     )
-    output: Path = field(metadata={"help": "manifest to write", "metavar": "OUT"})
+    output: Path = _output_field()
     language: str | None = field(
         default=None,
         metadata={
@@ -82,7 +107,7 @@ class FolderOptions:
             "metavar": "FILE",
         },
     )
-    force: bool = field(default=False, metadata={"help": "overwrite --output when it exists"})
+    force: bool = _force_field()
 
 
 @dataclass
@@ -161,18 +186,9 @@ def manifest_from_folder(options: FolderOptions) -> FolderResult:
             result.no_transcript.append(audio)
             continue
         try:
-            duration = measure_duration(audio)
+            samples.append(_measured_sample(audio, text, language))
         except AudioError as e:
             result.unreadable.append(f"{audio}: {e}")
-            continue
-        samples.append(
-            Sample(
-                audio_path=audio.resolve(),
-                sentence=text,
-                language=language,
-                duration=round(duration, 2),
-            )
-        )
     result.unused_transcripts = len(set(table) - used)
     if not samples:
         raise UserError(
@@ -197,7 +213,7 @@ class TableOptions:
     table: Path = field(
         metadata={"positional": True, "help": "the CSV or TSV file, with a header row"}
     )
-    output: Path = field(metadata={"help": "manifest to write", "metavar": "OUT"})
+    output: Path = _output_field()
     audio_dir: Path | None = field(
         default=None,
         metadata={
@@ -225,7 +241,7 @@ class TableOptions:
         default=None,
         metadata={"help": "column separator (default: tab for .tsv, comma for .csv, else guessed)"},
     )
-    force: bool = field(default=False, metadata={"help": "overwrite --output when it exists"})
+    force: bool = _force_field()
 
 
 @dataclass
@@ -324,18 +340,9 @@ def manifest_from_table(options: TableOptions) -> TableResult:
         candidates = [rel_path] if rel_path.is_absolute() else [d / rel_path for d in search]
         audio = next((c for c in candidates if c.exists()), candidates[0])
         try:
-            duration = measure_duration(audio)
+            samples.append(_measured_sample(audio, row[text_i].strip(), language))
         except AudioError as e:
             result.skipped.append(f"{where}: {e}: {audio}")
-            continue
-        samples.append(
-            Sample(
-                audio_path=audio.resolve(),
-                sentence=row[text_i].strip(),
-                language=language,
-                duration=round(duration, 2),
-            )
-        )
     for message in result.skipped:
         logger.debug("skipped %s", message)
     if not samples:
