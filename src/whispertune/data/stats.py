@@ -24,6 +24,7 @@ from whispertune.data.validate import (
     load_tokenizer,
     measure_duration,
     sample_span,
+    tokenizer_json_field,
 )
 from whispertune.languages import UnknownLanguageError
 
@@ -54,14 +55,7 @@ class StatsOptions:
             "loading it"
         },
     )
-    tokenizer_json: Path | None = field(
-        default=None,
-        metadata={
-            "help": "tokenizer.json for the token counts (default: the tokenizer of the "
-            "builtin:base, the packaged whisper-base)",
-            "metavar": "PATH",
-        },
-    )
+    tokenizer_json: Path | None = tokenizer_json_field()
 
 
 @dataclass

@@ -44,6 +44,19 @@ ERROR = "error"
 WARNING = "warning"
 
 
+def tokenizer_json_field() -> Any:
+    """``--tokenizer-json`` of ``validate`` and ``stats``: both count decoder tokens with
+    :func:`load_tokenizer`, so the option is defined (and described) once."""
+    return field(
+        default=None,
+        metadata={
+            "help": "tokenizer.json used to count the decoder tokens of each transcript "
+            "(default: the tokenizer of builtin:base, the packaged whisper-base)",
+            "metavar": "PATH",
+        },
+    )
+
+
 @dataclass
 class ValidateOptions:
     """Options of ``whispertune data validate``."""
@@ -57,14 +70,7 @@ class ValidateOptions:
             "metavar": "SECONDS",
         },
     )
-    tokenizer_json: Path | None = field(
-        default=None,
-        metadata={
-            "help": "tokenizer.json used to count the decoder tokens of each transcript "
-            "(default: the tokenizer of builtin:base, the packaged whisper-base)",
-            "metavar": "PATH",
-        },
-    )
+    tokenizer_json: Path | None = tokenizer_json_field()
     check_tokens: bool = field(
         default=True,
         metadata={
