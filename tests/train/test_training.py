@@ -340,3 +340,14 @@ def test_hardware_errors_before_any_work(tiny_model, tmp_path, small_manifest):
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         train(_opts(tiny_model, small_manifest, tmp_path / "r", precision="fp16"))
     assert not (tmp_path / "r").exists()
+
+
+def test_holdout_is_the_manifest_tail_and_needs_enough_data():
+    from whispertune.train.loop import split_holdout
+
+    train_part, held = split_holdout(list(range(320)), 0.1)
+    assert held == list(range(288, 320)) and train_part == list(range(288))
+    train_part, held = split_holdout(list(range(50)), 0.1)  # 8 clips at least
+    assert held == list(range(42, 50))
+    train_part, held = split_holdout(list(range(30)), 0.1)  # 8 of 30: too much to give away
+    assert held == [] and len(train_part) == 30

@@ -144,6 +144,16 @@ class TrainOptions:
         default=False, metadata={"help": "SpecAugment (time/frequency masking) in the model"}
     )
     # --- evaluation, checkpoints
+    holdout: float = field(
+        default=0.1,
+        metadata={
+            "help": "without --eval: keep the last this fraction of --train out of training "
+            "(at least 8, at most 300 clips; the manifest's last lines, so a recording "
+            "session or article stays on one side) and keep the checkpoint with the best "
+            "CER/WER on it; small data over-fits within an epoch or two, and the loss does "
+            "not show it. 0: train on everything and keep the last checkpoint"
+        },
+    )
     eval_steps: int | None = field(
         default=None, metadata={"help": "evaluate every N steps (default: once per epoch)"}
     )

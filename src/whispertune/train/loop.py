@@ -125,6 +125,18 @@ class Trainer:
             )
         samples = load_checked_manifest(o.train)
         self.eval_samples = load_checked_manifest(o.eval) if o.eval else []
+        self.holdout_count = 0
+        if not o.eval and o.holdout > 0:
+            samples, self.eval_samples = split_holdout(samples, o.holdout)
+            self.holdout_count = len(self.eval_samples)
+            if self.eval_samples:
+                logger.info(
+                    "no --eval: the last %d clips of %s are held out to choose the best "
+                    "checkpoint (--holdout %g)",
+                    len(self.eval_samples),
+                    o.train,
+                    o.holdout,
+                )
         if o.eval_limit:
             self.eval_samples = self.eval_samples[: o.eval_limit]
 
@@ -197,6 +209,7 @@ class Trainer:
                         "train_samples": len(self.samples),
                         "filtered": self.filter_report.summary(),
                         "encoder_cache": self.use_cache,
+                        "holdout_clips": self.holdout_count,
                     },
                     indent=1,
                     default=str,
@@ -577,6 +590,20 @@ class Trainer:
         broadcast_object_list(box, from_process=0)
         self.state = box[1] if not self.is_main else self.state
         return box[0]
+
+
+def split_holdout(samples: list, fraction: float) -> tuple[list, list]:
+    """The last ``fraction`` of ``samples`` (8 to 300 clips) as a validation set; none when
+    that would leave fewer than 4 times as many for training."""
+    count = min(300, max(8, round(len(samples) * fraction)))
+    if len(samples) < 5 * count:
+        logger.warning(
+            "only %d training clips: no validation hold-out; the last checkpoint is kept "
+            "(give --eval to choose the best by CER/WER)",
+            len(samples),
+        )
+        return samples, []
+    return samples[:-count], samples[-count:]
 
 
 def adalora_orthogonal_penalty(model) -> torch.Tensor:
