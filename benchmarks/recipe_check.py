@@ -9,7 +9,7 @@ the base model and each model given, in one table:
 - hallucination: 20 generated clips of silence and noise (digital silence, -50 dBFS white
   noise, pink noise at -50/-35 dBFS, 10-30 s). Counted clean when no text comes out: once
   through ``transcribe`` as users run it (VAD on), and once decoding the raw 30 s windows with
-  the VAD off (the model's own no-speech behaviour, guards on);
+  the VAD and the silence gate off (the model's own no-speech behaviour, guards on);
 - long-form CER: ../shared/data/longform (3.6 min of the test speaker), ``transcribe`` defaults.
 
 Models load as every command loads them: builtin:base, an adapter directory (merged on the
@@ -89,7 +89,9 @@ def hallucinations(model: str) -> tuple[int, int, list[str]]:
     clean = {True: 0, False: 0}
     texts = []
     for vad in (True, False):
-        pipeline = Pipeline(transcriber, long_form=LongFormOptions(vad=vad), model=model)
+        # VAD off: the silence gate (a VAD check per window) off too, so the model decides
+        long_form = LongFormOptions(vad=vad, silence_gate=vad)
+        pipeline = Pipeline(transcriber, long_form=long_form, model=model)
         for name, audio in noise_clips():
             text = pipeline.transcribe(audio).text.strip()
             clean[vad] += not text

@@ -47,8 +47,8 @@ def _losses(run: Path) -> list[float]:
 @pytest.mark.parametrize(
     "method,extra",
     [
-        ("lora", {}),
-        ("adalora", {}),
+        ("lora", {"lora_scope": "all"}),
+        ("adalora", {"lora_scope": "all"}),
         ("full", {"freeze_encoder": True}),
         ("lora", {"lora_scope": "decoder"}),
         ("lora", {"lora_scope": "decoder", "encoder_layers": 1}),

@@ -118,7 +118,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-        if o.encoder_layers and not o.encoder_frozen():
+        if o.encoder_layers and not o.encoder_frozen():  # given explicitly
             raise UserError(
                 "--encoder-layers N trains the last N encoder layers of an otherwise frozen "
                 "encoder: use it with --lora-scope decoder (LoRA) or --freeze-encoder (full)"
@@ -165,6 +165,7 @@ class Trainer:
         loaded = build_model(o, self.total_steps)
         self.processor = loaded.processor
         model = loaded.model
+        self.top_layers = o.trained_encoder_layers(loaded.model.config.encoder_layers)
         self.is_peft = hasattr(model, "peft_config")
         if self.is_peft:  # record the spec the user gave, so the adapter resolves anywhere
             base = o.model
@@ -209,6 +210,7 @@ class Trainer:
                         "train_samples": len(self.samples),
                         "filtered": self.filter_report.summary(),
                         "encoder_cache": self.use_cache,
+                        "trained_encoder_layers": self.top_layers,
                         "holdout_clips": self.holdout_count,
                     },
                     indent=1,
@@ -242,7 +244,7 @@ class Trainer:
             resolve(self.o.model).hf_dir(),
             self.samples,
             self.processor.feature_extractor.feature_size,
-            self.o.encoder_layers,
+            self.top_layers,
         )
         # Shared across runs (the key covers model, clips and mel settings): experiments on the
         # same data pay for the encoder once.
@@ -257,7 +259,7 @@ class Trainer:
                 directory,
                 key,
                 progress=lambda d, n: self.progress({"kind": "cache", "done": d, "total": n}),
-                trained_layers=self.o.encoder_layers,
+                trained_layers=self.top_layers,
             )
         self.acc.wait_for_everyone()
         if not self.is_main:
@@ -350,9 +352,9 @@ class Trainer:
         with self.acc.autocast():
             if "encoder_hidden" in batch:
                 hidden = batch["encoder_hidden"].to(device)
-                if self.o.encoder_layers:
+                if self.top_layers:
                     encoder = top_encoder(self.acc.unwrap_model(self.model))
-                    hidden = run_top_encoder(encoder, hidden, self.o.encoder_layers)
+                    hidden = run_top_encoder(encoder, hidden, self.top_layers)
                 kwargs["encoder_outputs"] = (hidden,)
             else:
                 kwargs["input_features"] = batch["input_features"].to(device)

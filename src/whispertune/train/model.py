@@ -44,12 +44,13 @@ def lora_target_modules(
     options: TrainOptions, encoder_layer_count: int | None = None
 ) -> list[str] | str:
     """Module names for peft: all matching modules, or only the decoder's (a regex), plus the
-    last ``options.encoder_layers`` encoder layers."""
+    last ``options.trained_encoder_layers`` encoder layers."""
     if options.lora_scope == "decoder":
         alternatives = "|".join(options.lora_targets)
         layers = r"decoder\.layers\.\d+"
-        if options.encoder_layers and encoder_layer_count is not None:
-            first = encoder_layer_count - min(options.encoder_layers, encoder_layer_count)
+        trained = options.trained_encoder_layers(encoder_layer_count or 0)
+        if trained and encoder_layer_count is not None:
+            first = encoder_layer_count - min(trained, encoder_layer_count)
             top = "|".join(str(i) for i in range(first, encoder_layer_count))
             layers = rf"(decoder\.layers\.\d+|encoder\.layers\.({top}))"
         return rf"model\.{layers}\.(self_attn|encoder_attn|fc1|fc2)?\.?({alternatives})"
@@ -78,7 +79,7 @@ def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
         model.config.mask_time_prob = 0.05
         model.config.mask_feature_prob = 0.05
         model.config.mask_feature_length = 10
-    if options.encoder_layers > model.config.encoder_layers:
+    if (options.encoder_layers or 0) > model.config.encoder_layers:
         raise UserError(
             f"--encoder-layers {options.encoder_layers}: this model's encoder has "
             f"{model.config.encoder_layers} layers"
@@ -98,8 +99,9 @@ def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
             encoder = model.model.encoder
             for p in encoder.parameters():
                 p.requires_grad = False
-            if options.encoder_layers:
-                top = list(encoder.layers[-options.encoder_layers :]) + [encoder.layer_norm]
+            trained = options.trained_encoder_layers(len(encoder.layers))
+            if trained:
+                top = list(encoder.layers[-trained:]) + [encoder.layer_norm]
                 for module in top:
                     for p in module.parameters():
                         p.requires_grad = True
