@@ -6,7 +6,8 @@
 Rows: (a) transformers Seq2SeqTrainer + peft LoRA with the usual Whisper data collator,
 (b) ``whispertune train`` with the same LoRA config, (b') the same in bf16 where the CPU has
 native bf16, (c) ``whispertune train --lora-scope decoder`` with the encoder-output cache
-(steady state, and with the one-off cache build counted over one epoch). Each runs in its own
+(steady state, and with the one-off cache build counted over one epoch), (d) the default
+recipe (decoder LoRA r8 + the last 2 encoder layers on the cache). Each runs in its own
 process so peak RSS is its own. Prints samples/s, peak RSS and ratios against (a).
 """
 
@@ -174,13 +175,20 @@ def main() -> None:
         return
     from whispertune.train.hardware import cpu_has_bf16
 
+    same = "ours,lora_scope=all,lora_r=32,lora_alpha=64"  # the peer's LoRA config
     rows = [
         ("(a) Seq2SeqTrainer + peft LoRA (fp32)", "peer"),
-        ("(b) whispertune train, LoRA (fp32)", "ours"),
+        ("(b) whispertune train, LoRA (fp32)", same),
     ]
     if cpu_has_bf16():
-        rows.append(("(b') whispertune train, LoRA (bf16)", "ours,precision=bf16"))
-    rows.append(("(c) whispertune, decoder LoRA + encoder cache", "ours,lora_scope=decoder"))
+        rows.append(("(b') whispertune train, LoRA (bf16)", same + ",precision=bf16"))
+    rows.append(
+        (
+            "(c) whispertune, decoder LoRA + encoder cache",
+            "ours,lora_scope=decoder,encoder_layers=0,lora_r=32,lora_alpha=64",
+        )
+    )
+    rows.append(("(d) whispertune train defaults (recipe)", "ours"))
     results = []
     for name, spec in rows:
         cmd = [
@@ -204,7 +212,8 @@ def main() -> None:
     peer = results[0][1]
     print(
         f"built-in base, batch {args.batch_size}, {args.steps} timed steps, "
-        f"{os.cpu_count()} CPU threads, LoRA r=32 on {','.join(LORA_TARGETS)}"
+        f"{os.cpu_count()} CPU threads, LoRA r=32 on {','.join(LORA_TARGETS)} "
+        "(d: r=8, decoder + last 2 encoder layers)"
     )
     print(f"| {'runner':46s} | samples/s | x (a) | peak RSS GiB | x (a) |")
     print(f"|{'-' * 48}|-----------|-------|--------------|-------|")
