@@ -85,3 +85,14 @@ def test_no_speech_sample(tok, special):
 def test_missing_language_for_multilingual_model(tok, special):
     with pytest.raises(UserError, match="language is needed"):
         build_labels(Sample(Path("a.wav"), sentence="x"), tok, special, language=None)
+
+
+def test_generated_no_speech_clip_in_empty_transcript_form(tok, special):
+    s = Sample(audio_path=Path("n.flac"), sentence="", extra={"no_speech_label": "empty"})
+    labels = build_labels(s, tok, special, language="Chinese")
+    assert tok.convert_ids_to_tokens(labels) == [
+        "<|zh|>",
+        "<|transcribe|>",
+        "<|notimestamps|>",
+        "<|endoftext|>",
+    ]

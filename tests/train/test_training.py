@@ -351,3 +351,12 @@ def test_holdout_is_the_manifest_tail_and_needs_enough_data():
     assert held == list(range(42, 50))
     train_part, held = split_holdout(list(range(30)), 0.1)  # 8 of 30: too much to give away
     assert held == [] and len(train_part) == 30
+
+
+def test_generated_no_speech_clips_join_training(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("WHISPERTUNE_CACHE", str(tmp_path / "cache"))
+    manifest = write_manifest(tmp_path / "m.jsonl", 10)
+    train(_opts(tiny_model, manifest, tmp_path / "run", max_steps=3, no_speech_mix=0.2))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["train_samples"] == 12  # 10 clips + 2 generated
+    assert len(list((tmp_path / "cache" / "no-speech").rglob("*.flac"))) == 2

@@ -127,6 +127,15 @@ class TrainOptions:
             "timestamped, the rest plain (training only one form breaks the other)"
         },
     )
+    no_speech_mix: float = field(
+        default=0.05,
+        metadata={
+            "help": "add this many generated no-speech clips (silence, noise at -75 to -25 "
+            "dBFS) per training clip, half trained as Whisper's no-speech token, half as an "
+            "empty transcript: a fine-tune on speech alone keeps the base model's habit of "
+            "writing text on silence when no VAD is in front of it. 0: none"
+        },
+    )
     # --- data filters
     min_duration: float = field(default=0.5, metadata={"help": "skip clips shorter (s)"})
     max_duration: float = field(default=30.0, metadata={"help": "skip clips longer (s)"})

@@ -111,11 +111,14 @@ def build_labels(
     ``timestamps`` is honoured only for samples with ``sentences``; ``text`` overrides the
     sample's transcript (after label normalization).
     """
+    lang = sample.language or language
+    if sample.is_no_speech and sample.extra.get("no_speech_label") == "empty":
+        # an empty transcript after the usual prefix (generated no-speech clips, half of them)
+        return [*prefix_tokens(special, lang, task, False), special.eot][1:]
     if sample.is_no_speech:
         if special.no_speech is None:
             raise UserError("the model has no no-speech token; remove no-speech samples")
         return [special.no_speech, special.eot]
-    lang = sample.language or language
     use_ts = timestamps and bool(sample.sentences)
     ids = prefix_tokens(special, lang, task, use_ts)
     # Whisper writes a space before text in languages that separate words with spaces.

@@ -140,6 +140,12 @@ class Trainer:
         if o.eval_limit:
             self.eval_samples = self.eval_samples[: o.eval_limit]
 
+        if o.no_speech_mix > 0:
+            from whispertune.models.cache import cache_dir
+            from whispertune.train.no_speech import no_speech_samples
+
+            count = round(o.no_speech_mix * len(samples))
+            samples = samples + no_speech_samples(count, cache_dir("no-speech"), samples)
         world = self.acc.num_processes
         # Tokenizer first (cheap), to filter and size the schedule before loading the model.
         from whispertune.models.loading import load_processor
