@@ -15,6 +15,7 @@ same data reuse them and the encoder cache stays valid.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def no_speech_samples(count: int, directory: Path, samples: list[Sample]) -> lis
         path = folder / f"no-speech-{i:04d}.flac"
         if not path.is_file():
             audio = _clip(i)
-            tmp = path.with_name(path.name + ".tmp.flac")
+            # per-process name: DDP ranks write the same clips at once
+            tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.flac")
             sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
             tmp.replace(path)
         duration = sf.info(path).duration
