@@ -7,7 +7,7 @@ Rows: (a) transformers Seq2SeqTrainer + peft LoRA with the usual Whisper data co
 (b) ``whispertune train`` with the same LoRA config, (b') the same in bf16 where the CPU has
 native bf16, (c) ``whispertune train --lora-scope decoder`` with the encoder-output cache
 (steady state, and with the one-off cache build counted over one epoch), (d) the default
-recipe (decoder LoRA r8 + the last 2 encoder layers on the cache). Each runs in its own
+recipe (decoder LoRA r8 + the last 4 encoder layers on the cache). Each runs in its own
 process so peak RSS is its own. Prints samples/s, peak RSS and ratios against (a).
 """
 
@@ -213,7 +213,7 @@ def main() -> None:
     print(
         f"built-in base, batch {args.batch_size}, {args.steps} timed steps, "
         f"{os.cpu_count()} CPU threads, LoRA r=32 on {','.join(LORA_TARGETS)} "
-        "(d: r=8, decoder + last 2 encoder layers)"
+        "(d: r=8, decoder + last 4 encoder layers)"
     )
     print(f"| {'runner':46s} | samples/s | x (a) | peak RSS GiB | x (a) |")
     print(f"|{'-' * 48}|-----------|-------|--------------|-------|")

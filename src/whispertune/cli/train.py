@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'torchrun --nproc_per_node N -m whispertune train ...' or "
         "'accelerate launch -m whispertune train ...'. The defaults are a recipe measured "
         "to improve whisper-base on half an hour of one speaker (docs/fine-tuning-recipe.md): "
-        "LoRA r8 on the decoder and the last 2 encoder layers (the rest of the encoder is "
+        "LoRA r8 on the decoder and the last 4 encoder layers (the rest of the encoder is "
         "frozen and its output cached), lr 2e-4, 3 epochs, the best epoch by CER/WER on "
         "--eval or on the last 10% of --train.",
     )

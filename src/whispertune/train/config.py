@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 METHODS = ("lora", "adalora", "full")
-DEFAULT_ENCODER_LAYERS = 2
+DEFAULT_ENCODER_LAYERS = 4
 
 
 @dataclass
