@@ -42,8 +42,9 @@ class TrainOptions:
             "help": "LoRA/AdaLoRA on the decoder plus the last --encoder-layers of the "
             "encoder (decoder: the rest of the encoder is frozen and its output cached, "
             "several times faster) or on every layer of both (all: the seed's recipe; "
-            "slower, and it over-fits small data)",
-            "choices": ["all", "decoder"],
+            "slower, and it over-fits small data), or only on the last --encoder-layers "
+            "(encoder: the decoder, and so its language model, is left as it is)",
+            "choices": ["all", "decoder", "encoder"],
         },
     )
     lora_r: int = field(
@@ -216,7 +217,7 @@ class TrainOptions:
     def encoder_frozen(self) -> bool:
         if self.method == "full":
             return self.freeze_encoder
-        return self.lora_scope == "decoder"
+        return self.lora_scope in ("decoder", "encoder")
 
     def augmenting(self) -> bool:
         return (

@@ -45,15 +45,17 @@ def lora_target_modules(
 ) -> list[str] | str:
     """Module names for peft: all matching modules, or only the decoder's (a regex), plus the
     last ``options.trained_encoder_layers`` encoder layers."""
-    if options.lora_scope == "decoder":
+    if options.lora_scope in ("decoder", "encoder"):
         alternatives = "|".join(options.lora_targets)
-        layers = r"decoder\.layers\.\d+"
+        layers = [r"decoder\.layers\.\d+"] if options.lora_scope == "decoder" else []
         trained = options.trained_encoder_layers(encoder_layer_count or 0)
         if trained and encoder_layer_count is not None:
             first = encoder_layer_count - min(trained, encoder_layer_count)
             top = "|".join(str(i) for i in range(first, encoder_layer_count))
-            layers = rf"(decoder\.layers\.\d+|encoder\.layers\.({top}))"
-        return rf"model\.{layers}\.(self_attn|encoder_attn|fc1|fc2)?\.?({alternatives})"
+            layers.append(rf"encoder\.layers\.({top})")
+        if not layers:
+            raise UserError("--lora-scope encoder needs --encoder-layers N > 0")
+        return rf"model\.({'|'.join(layers)})\.(self_attn|encoder_attn|fc1|fc2)?\.?({alternatives})"
     return list(options.lora_targets)
 
 
