@@ -24,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Multi-process: run the same command under "
         "'torchrun --nproc_per_node N -m whispertune train ...' or "
         "'accelerate launch -m whispertune train ...'. The defaults are a recipe measured "
-        "to improve whisper-base on half an hour of one speaker (docs/fine-tuning-recipe.md): "
-        "LoRA r8 on the decoder and the last 4 encoder layers (the rest of the encoder is "
-        "frozen and its output cached), lr 2e-4, 3 epochs, the best epoch by CER/WER on "
-        "--eval or on the last 10% of --train.",
+        "on half an hour of one speaker (docs/fine-tuning-recipe.md): LoRA r8 on the last 4 "
+        "encoder layers only (the rest of the encoder is frozen and its output cached; the "
+        "decoder is left as it is), lr 2e-4, 3 epochs, the best epoch by CER/WER on --eval "
+        "or on the last 10% of --train.",
     )
     options.add_options(p, TrainOptions, config_file=True)
     p.set_defaults(func=_train)

@@ -37,13 +37,15 @@ class TrainOptions:
     )
     # --- what is trained
     lora_scope: str = field(
-        default="decoder",
+        default="encoder",
         metadata={
-            "help": "LoRA/AdaLoRA on the decoder plus the last --encoder-layers of the "
-            "encoder (decoder: the rest of the encoder is frozen and its output cached, "
-            "several times faster) or on every layer of both (all: the seed's recipe; "
-            "slower, and it over-fits small data), or only on the last --encoder-layers "
-            "(encoder: the decoder, and so its language model, is left as it is)",
+            "help": "where LoRA/AdaLoRA adapters go: encoder = only the last --encoder-layers "
+            "of the encoder (speaker and channel adaptation; the decoder, and with it the "
+            "model's vocabulary, stays as it was); decoder = the decoder too (learns the "
+            "transcripts' conventions, e.g. numerals, but on small data it forgets words "
+            "that are not in the training text); all = every layer of both (the seed's "
+            "recipe; slow, over-fits small data). With encoder/decoder the rest of the "
+            "encoder is frozen and its output cached",
             "choices": ["all", "decoder", "encoder"],
         },
     )
