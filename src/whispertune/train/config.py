@@ -66,7 +66,7 @@ class TrainOptions:
     encoder_layers: int | None = field(
         default=None,
         metadata={
-            "help": "with --lora-scope decoder or --freeze-encoder: also train the last N "
+            "help": "with --lora-scope encoder/decoder or --freeze-encoder: train the last N "
             "encoder layers (speaker and channel adaptation: on small data the largest "
             "single gain measured, see docs/fine-tuning-recipe.md); the encoder cache then "
             "holds the input of those layers, so a step runs N/L of the encoder "

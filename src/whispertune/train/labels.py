@@ -96,6 +96,12 @@ def prefix_tokens(
     return out
 
 
+# Sample.extra[NO_SPEECH_LABEL] == EMPTY_TRANSCRIPT: a no-speech sample trained as an empty
+# transcript after the usual prefix, instead of Whisper's no-speech token
+NO_SPEECH_LABEL = "no_speech_label"
+EMPTY_TRANSCRIPT = "empty"
+
+
 def build_labels(
     sample: Sample,
     tokenizer,
@@ -112,7 +118,7 @@ def build_labels(
     sample's transcript (after label normalization).
     """
     lang = sample.language or language
-    if sample.is_no_speech and sample.extra.get("no_speech_label") == "empty":
+    if sample.is_no_speech and sample.extra.get(NO_SPEECH_LABEL) == EMPTY_TRANSCRIPT:
         # an empty transcript after the usual prefix (generated no-speech clips, half of them)
         return [*prefix_tokens(special, lang, task, False), special.eot][1:]
     if sample.is_no_speech:

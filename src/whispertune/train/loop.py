@@ -121,7 +121,8 @@ class Trainer:
         if o.encoder_layers and not o.encoder_frozen():  # given explicitly
             raise UserError(
                 "--encoder-layers N trains the last N encoder layers of an otherwise frozen "
-                "encoder: use it with --lora-scope decoder (LoRA) or --freeze-encoder (full)"
+                "encoder: use it with --lora-scope encoder or decoder (LoRA) or --freeze-encoder "
+                "(full)"
             )
         samples = load_checked_manifest(o.train)
         self.eval_samples = load_checked_manifest(o.eval) if o.eval else []

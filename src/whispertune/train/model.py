@@ -40,16 +40,14 @@ def check_hardware(options: TrainOptions) -> None:
             )
 
 
-def lora_target_modules(
-    options: TrainOptions, encoder_layer_count: int | None = None
-) -> list[str] | str:
+def lora_target_modules(options: TrainOptions, encoder_layer_count: int) -> list[str] | str:
     """Module names for peft: all matching modules, or only the decoder's (a regex), plus the
     last ``options.trained_encoder_layers`` encoder layers."""
     if options.lora_scope in ("decoder", "encoder"):
         alternatives = "|".join(options.lora_targets)
         layers = [r"decoder\.layers\.\d+"] if options.lora_scope == "decoder" else []
-        trained = options.trained_encoder_layers(encoder_layer_count or 0)
-        if trained and encoder_layer_count is not None:
+        trained = options.trained_encoder_layers(encoder_layer_count)
+        if trained:
             first = encoder_layer_count - min(trained, encoder_layer_count)
             top = "|".join(str(i) for i in range(first, encoder_layer_count))
             layers.append(rf"encoder\.layers\.({top})")

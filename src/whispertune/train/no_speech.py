@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from whispertune.data.manifest import Sample
+from whispertune.train.labels import EMPTY_TRANSCRIPT, NO_SPEECH_LABEL
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 VERSION = "v1"
-EMPTY_FORM = "empty"  # Sample.extra["no_speech_label"]: train <prefix> <|endoftext|>
 
 
 def _clip(index: int) -> np.ndarray:
@@ -68,7 +68,7 @@ def no_speech_samples(count: int, directory: Path, samples: list[Sample]) -> lis
             sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
             tmp.replace(path)
         duration = sf.info(path).duration
-        extra = {"no_speech_label": EMPTY_FORM} if i % 2 else {}
+        extra = {NO_SPEECH_LABEL: EMPTY_TRANSCRIPT} if i % 2 else {}
         out.append(
             Sample(audio_path=path, sentence="", language=language, duration=duration, extra=extra)
         )
