@@ -34,6 +34,7 @@ def _opts(model, manifest, out, **kw) -> TrainOptions:
         "num_workers": 0,
         "warmup_steps": 0,
         "threads": 1,
+        "pack_seconds": 0.0,  # clip counts below are clips; packing has its own tests
     }
     values.update(kw)
     return options.build(TrainOptions, values)
@@ -191,6 +192,8 @@ def _train_cmd(model, manifest, out, *extra):
         "2",
         "--save-total-limit",
         "20",
+        "--pack-seconds",  # clips, not windows: 4 steps per epoch
+        "0",
         *extra,
     ]
 
@@ -262,6 +265,8 @@ def test_two_processes_with_torchrun(tiny_model, tmp_path):
         "1",
         "--log-steps",
         "1",
+        "--pack-seconds",
+        "0",
     ]
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1")

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'accelerate launch -m whispertune train ...'. The defaults are a recipe measured "
         "on half an hour of one speaker (docs/fine-tuning-recipe.md): LoRA r8 on the last 4 "
         "encoder layers only (the rest of the encoder is frozen and its output cached; the "
-        "decoder is left as it is), lr 2e-4, 3 epochs, the best epoch by CER/WER on --eval "
+        "decoder is left as it is), consecutive clips joined into windows of up to 30 s, "
+        "lr 2e-4, 6 epochs, the best epoch by CER/WER on --eval "
         "or on the last 10% of --train.",
     )
     options.add_options(p, TrainOptions, config_file=True)

@@ -81,7 +81,13 @@ class TrainOptions:
         },
     )
     # --- optimisation
-    epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
+    epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "passes over the training data (default: 6 with --pack-seconds, where a "
+            "window holds 2 to 3 short clips, so a pass is under half the steps; 3 without)"
+        },
+    )
     max_steps: int | None = field(
         default=None, metadata={"help": "stop after this many optimizer steps (overrides epochs)"}
     )
@@ -137,6 +143,17 @@ class TrainOptions:
             "dBFS) per training clip, half trained as Whisper's no-speech token, half as an "
             "empty transcript: a fine-tune on speech alone keeps the base model's habit of "
             "writing text on silence when no VAD is in front of it. 0: none"
+        },
+    )
+    pack_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "join consecutive clips of the manifest into training windows of up to "
+            "this many seconds (each window's length drawn at random, so single clips stay "
+            "in the mix): Whisper's encoder runs 30 s whatever the clip's length, so short "
+            "clips waste most of it on padding, and the adapted encoder layers never see a "
+            "window full of speech as in long-form audio (validation CER 19.0 -> 17.9 %% at "
+            "the same cost, see docs/fine-tuning-recipe.md). 0: off"
         },
     )
     # --- data filters
@@ -202,6 +219,11 @@ class TrainOptions:
     num_workers: int = field(default=1, metadata={"help": "data loading worker processes"})
     log_steps: int = field(default=5, metadata={"help": "log loss and learning rate every N steps"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = default)"})
+
+    def total_epochs(self) -> float:
+        if self.epochs is not None:
+            return self.epochs
+        return 6.0 if self.pack_seconds > 0 else 3.0
 
     def peak_lr(self) -> float:
         if self.learning_rate is not None:

@@ -23,6 +23,7 @@ from whispertune.errors import UserError
 from whispertune.train.augment import Augmenter
 from whispertune.train.config import TrainOptions
 from whispertune.train.labels import SpecialTokens, build_labels
+from whispertune.train.packing import PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -154,10 +155,12 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def audio(self, index: int) -> np.ndarray:
         s = self.samples[index]
+        parts = s.extra.get(PARTS, [s])
         try:
-            audio = load_audio(s.audio_path, s.start_time, s.end_time)
+            pieces = [load_audio(p.audio_path, p.start_time, p.end_time) for p in parts]
         except AudioError as e:
             raise UserError(f"line {s.line}: {e}") from e
+        audio = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         if self.augmenter is not None:
             audio = self.augmenter(audio, self.rng(index))
         return audio[:N_SAMPLES]

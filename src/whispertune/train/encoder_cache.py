@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whispertune.train.packing import PARTS
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,7 +56,12 @@ def cache_key(model_dir: Path, samples: list, n_mels: int, trained_layers: int =
             st = p.stat()
             digest.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
     for s in samples:
-        digest.update(f"{s.audio_path}:{s.start_time}:{s.end_time}".encode())
+        if PARTS in s.extra:  # a packed window: every clip in it
+            for part in s.extra[PARTS]:
+                digest.update(f"{part.audio_path}:{part.start_time}:{part.end_time}".encode())
+            digest.update(b"|")
+        else:
+            digest.update(f"{s.audio_path}:{s.start_time}:{s.end_time}".encode())
     digest.update(str(n_mels).encode())
     return digest.hexdigest()[:16]
 

@@ -34,10 +34,12 @@ from whispertune.train.dataset import (
     filter_samples,
     load_checked_manifest,
     rank_batches,
+    sample_duration,
     steps_per_epoch,
 )
-from whispertune.train.labels import SpecialTokens
+from whispertune.train.labels import MAX_TIMESTAMP, SpecialTokens, build_labels
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
+from whispertune.train.packing import pack_samples
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +167,11 @@ class Trainer:
             raise UserError(
                 f"{o.train}: no sample left after filtering ({self.filter_report.summary()})"
             )
+        self.clip_count = len(self.samples)
+        if o.pack_seconds > 0:
+            self._pack(tokenizer)
         self.steps_per_epoch = steps_per_epoch(len(self.samples), o.batch_size, world, o.grad_accum)
-        self.total_steps = o.max_steps or max(1, math.ceil(o.epochs * self.steps_per_epoch))
+        self.total_steps = o.max_steps or max(1, math.ceil(o.total_epochs() * self.steps_per_epoch))
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
         loaded = build_model(o, self.total_steps)
@@ -215,6 +220,7 @@ class Trainer:
                         "total_steps": self.total_steps,
                         "steps_per_epoch": self.steps_per_epoch,
                         "train_samples": len(self.samples),
+                        "train_clips": self.clip_count,
                         "filtered": self.filter_report.summary(),
                         "encoder_cache": self.use_cache,
                         "trained_encoder_layers": self.top_layers,
@@ -236,6 +242,37 @@ class Trainer:
                 )
             except ImportError:
                 logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
+
+    def _pack(self, tokenizer) -> None:
+        """Join consecutive clips into windows of up to --pack-seconds (see packing.py)."""
+        o = self.o
+        if o.pack_seconds > MAX_TIMESTAMP:
+            raise UserError(f"--pack-seconds {o.pack_seconds}: at most {MAX_TIMESTAMP:g} s")
+        durations = [sample_duration(s) for s in self.samples]
+        packed = pack_samples(
+            self.samples, durations, self.lengths, o.pack_seconds, o.max_label_tokens, o.seed
+        )
+        self.lengths = [
+            len(
+                build_labels(
+                    s,
+                    tokenizer,
+                    self.special,
+                    language=o.language,
+                    task=o.task,
+                    timestamps=o.timestamps,
+                )
+            )
+            + 1
+            for s in packed
+        ]
+        logger.info(
+            "%d clips joined into %d training windows of up to %g s (--pack-seconds)",
+            len(self.samples),
+            len(packed),
+            o.pack_seconds,
+        )
+        self.samples = packed
 
     def _encoder_cache(self, model):
         from whispertune.models.sources import resolve
