@@ -23,13 +23,17 @@ def test_clips_are_quiet_deterministic_and_reused(tmp_path):
         audio, rate = sf.read(s.audio_path, dtype="float32")
         assert rate == 16000 and 2.0 <= len(audio) / rate <= 30.0
         levels.append(float(np.sqrt(np.mean(audio**2))))
-    assert levels[0] == 0.0  # digital silence
-    assert all(0 < x < 10 ** (-24 / 20) for x in levels[1:])  # noise at -75..-25 dBFS
+    silent = [i for i, x in enumerate(levels) if x == 0.0]  # digital silence
+    assert silent == [0, 5]
+    # ... in both label forms: the model alone on silence needs the empty transcript too
+    assert {first[i].extra.get("no_speech_label") for i in silent} == {None, "empty"}
+    noise = [x for i, x in enumerate(levels) if i not in silent]
+    assert all(0 < x < 10 ** (-24 / 20) for x in noise)  # noise at -75..-25 dBFS
     stamp = first[3].audio_path.stat().st_mtime_ns
     again = no_speech_samples(8, tmp_path, speech)
     assert [s.audio_path for s in again] == [s.audio_path for s in first]
     assert first[3].audio_path.stat().st_mtime_ns == stamp  # not rewritten
     other = no_speech_samples(8, tmp_path / "other", speech)
-    a, _ = sf.read(first[5].audio_path)
-    b, _ = sf.read(other[5].audio_path)
+    a, _ = sf.read(first[3].audio_path)
+    b, _ = sf.read(other[3].audio_path)
     assert np.array_equal(a, b)  # same clip for the same index, wherever it is written

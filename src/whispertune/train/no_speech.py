@@ -27,15 +27,22 @@ from whispertune.train.labels import EMPTY_TRANSCRIPT, NO_SPEECH_LABEL
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-VERSION = "v1"
+VERSION = "v2"
+
+
+def is_digital_silence(index: int) -> bool:
+    """1 clip in 4; one odd and one even index in every 8, so digital silence trains both
+    label forms (v1 used index % 8 == 0: silence only ever trained the no-speech token, and
+    the model alone still wrote "You" on it)."""
+    return index % 8 in (0, 5)
 
 
 def _clip(index: int) -> np.ndarray:
-    """Clip ``index``: digital silence (1 in 8) or noise with a random spectral slope (white
-    to brown) at -75 to -25 dBFS, 2 to 30 s long."""
+    """Clip ``index``: digital silence or noise with a random spectral slope (white to
+    brown) at -75 to -25 dBFS, 2 to 30 s long."""
     rng = np.random.default_rng([20261202, index])
     n = int(SAMPLE_RATE * rng.uniform(2.0, 30.0))
-    if index % 8 == 0:
+    if is_digital_silence(index):
         return np.zeros(n, np.float32)
     spectrum = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(len(spectrum), dtype=np.float64)
