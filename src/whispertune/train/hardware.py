@@ -14,3 +14,32 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+@lru_cache(maxsize=1)
+def return_freed_activations_to_the_os() -> bool:
+    """Fix glibc's mmap threshold at 1 MiB, so activation buffers go back to the OS when freed.
+
+    Why: glibc raises its mmap threshold each time a large mmapped block is freed (up to
+    32 MiB), after which a training step's activations come from the heap, and the heap keeps
+    what the step freed. Measured on whisper-base LoRA, batch 8, CPU: peak RSS 12.6 GB with
+    333 MB of live tensors; with the threshold fixed, 6.1 GB, and 2.5x the samples/s. Only
+    for steps that run the whole encoder: on the encoder cache the heap's reuse of its
+    (smaller) blocks is faster (2.8 against 2.2 clips/s with the threshold fixed). Skipped
+    where the user set MALLOC_MMAP_THRESHOLD_ and off glibc. Returns whether it was applied.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False

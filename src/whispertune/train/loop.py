@@ -37,6 +37,7 @@ from whispertune.train.dataset import (
     sample_duration,
     steps_per_epoch,
 )
+from whispertune.train.hardware import return_freed_activations_to_the_os
 from whispertune.train.labels import MAX_TIMESTAMP, SpecialTokens, build_labels
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 from whispertune.train.packing import pack_samples
@@ -194,6 +195,8 @@ class Trainer:
             self.train_data = self._encoder_cache(model)
         else:
             self.train_data = self.dataset
+            # full-encoder steps: activations of GBs a step, which glibc's heap would keep
+            return_freed_activations_to_the_os()
             if o.encoder_cache and o.encoder_frozen() and o.augmenting():
                 logger.info("encoder cache off: augmentation changes the encoder's input")
 
