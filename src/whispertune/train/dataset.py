@@ -78,23 +78,30 @@ def sample_duration(sample: Sample) -> float:
     return audio_duration(sample.audio_path) - (sample.start_time or 0.0)
 
 
+def label_length(sample: Sample, options: TrainOptions, tokenizer, special: SpecialTokens) -> int:
+    """Decoder length of the sample's longest target form (with <|sot|>): what the decoder
+    limit is checked against and batches are grouped by."""
+    longest = build_labels(
+        sample,
+        tokenizer,
+        special,
+        language=options.language,
+        task=options.task,
+        timestamps=options.timestamps,
+    )
+    return len(longest) + 1  # + <|sot|>
+
+
 def filter_samples(
     samples: list[Sample], options: TrainOptions, tokenizer, special: SpecialTokens
-) -> tuple[list[Sample], list[int], FilterReport]:
-    """Keep samples within the duration and label limits; also returns label lengths."""
+) -> tuple[list[Sample], list[int], list[float], FilterReport]:
+    """Keep samples within the duration and label limits; also returns their label lengths
+    and durations."""
     report = FilterReport()
-    kept, lengths = [], []
+    kept, lengths, durations = [], [], []
     for s in samples:
         d = sample_duration(s)
-        longest = build_labels(
-            s,
-            tokenizer,
-            special,
-            language=options.language,
-            task=options.task,
-            timestamps=options.timestamps,
-        )
-        n = len(longest) + 1  # + <|sot|>
+        n = label_length(s, options, tokenizer, special)
         if d < options.min_duration and not s.is_no_speech:
             report.too_short += 1
             reason = f"{d:.2f} s < {options.min_duration} s"
@@ -107,11 +114,12 @@ def filter_samples(
         else:
             kept.append(s)
             lengths.append(n)
+            durations.append(d)
             continue
         if len(report.examples) < 5:
             report.examples.append(f"{s.audio_path.name} (line {s.line}): {reason}")
     report.kept = len(kept)
-    return kept, lengths, report
+    return kept, lengths, durations, report
 
 
 class SpeechDataset(torch.utils.data.Dataset):

@@ -56,12 +56,10 @@ def cache_key(model_dir: Path, samples: list, n_mels: int, trained_layers: int =
             st = p.stat()
             digest.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
     for s in samples:
-        if PARTS in s.extra:  # a packed window: every clip in it
-            for part in s.extra[PARTS]:
-                digest.update(f"{part.audio_path}:{part.start_time}:{part.end_time}".encode())
+        for part in s.extra.get(PARTS, [s]):  # a joined window: every clip in it
+            digest.update(f"{part.audio_path}:{part.start_time}:{part.end_time}".encode())
+        if PARTS in s.extra:
             digest.update(b"|")
-        else:
-            digest.update(f"{s.audio_path}:{s.start_time}:{s.end_time}".encode())
     digest.update(str(n_mels).encode())
     return digest.hexdigest()[:16]
 

@@ -32,13 +32,13 @@ from whispertune.train.dataset import (
     collate,
     epoch_batches,
     filter_samples,
+    label_length,
     load_checked_manifest,
     rank_batches,
-    sample_duration,
     steps_per_epoch,
 )
 from whispertune.train.hardware import return_freed_activations_to_the_os
-from whispertune.train.labels import MAX_TIMESTAMP, SpecialTokens, build_labels
+from whispertune.train.labels import MAX_TIMESTAMP, SpecialTokens
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 from whispertune.train.packing import pack_samples
 
@@ -127,6 +127,8 @@ class Trainer:
                 "encoder: use it with --lora-scope encoder or decoder (LoRA) or --freeze-encoder "
                 "(full)"
             )
+        if o.pack_seconds > MAX_TIMESTAMP:
+            raise UserError(f"--pack-seconds {o.pack_seconds}: at most {MAX_TIMESTAMP:g} s")
         samples = load_checked_manifest(o.train)
         self.eval_samples = load_checked_manifest(o.eval) if o.eval else []
         self.holdout_count = 0
@@ -158,7 +160,7 @@ class Trainer:
         processor = load_processor(resolve(o.model))
         tokenizer = processor.tokenizer
         self.special = SpecialTokens.from_tokenizer(tokenizer)
-        self.samples, self.lengths, self.filter_report = filter_samples(
+        self.samples, self.lengths, durations, self.filter_report = filter_samples(
             samples, o, tokenizer, self.special
         )
         logger.info("training data: %s", self.filter_report.summary())
@@ -170,7 +172,7 @@ class Trainer:
             )
         self.clip_count = len(self.samples)
         if o.pack_seconds > 0:
-            self._pack(tokenizer)
+            self._pack(tokenizer, durations)
         self.steps_per_epoch = steps_per_epoch(len(self.samples), o.batch_size, world, o.grad_accum)
         self.total_steps = o.max_steps or max(1, math.ceil(o.total_epochs() * self.steps_per_epoch))
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -246,29 +248,13 @@ class Trainer:
             except ImportError:
                 logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
 
-    def _pack(self, tokenizer) -> None:
+    def _pack(self, tokenizer, durations: list[float]) -> None:
         """Join consecutive clips into windows of up to --pack-seconds (see packing.py)."""
         o = self.o
-        if o.pack_seconds > MAX_TIMESTAMP:
-            raise UserError(f"--pack-seconds {o.pack_seconds}: at most {MAX_TIMESTAMP:g} s")
-        durations = [sample_duration(s) for s in self.samples]
         packed = pack_samples(
             self.samples, durations, self.lengths, o.pack_seconds, o.max_label_tokens, o.seed
         )
-        self.lengths = [
-            len(
-                build_labels(
-                    s,
-                    tokenizer,
-                    self.special,
-                    language=o.language,
-                    task=o.task,
-                    timestamps=o.timestamps,
-                )
-            )
-            + 1
-            for s in packed
-        ]
+        self.lengths = [label_length(s, o, tokenizer, self.special) for s in packed]
         logger.info(
             "%d clips joined into %d training windows of up to %g s (--pack-seconds)",
             len(self.samples),
