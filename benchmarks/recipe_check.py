@@ -68,7 +68,9 @@ def noise_clips(seed: int = 0) -> list[tuple[str, np.ndarray]]:
     return clips
 
 
-def score(model: str, manifest: Path, backend: str, beam: int, language: str | None) -> float:
+def score(
+    model: str, manifest: Path, backend: str, beam: int, language: str | None, numerals: str
+) -> float:
     from whispertune.evaluate import EvaluateOptions, evaluate
 
     options = EvaluateOptions(manifest=manifest, model=model, backend=backend)
@@ -77,6 +79,7 @@ def score(model: str, manifest: Path, backend: str, beam: int, language: str | N
     if beam == 1:  # plain greedy, as the baseline: no temperature fallback
         options.decode.temperatures = [0.0]
     options.decode.language = language
+    options.decode.numerals = numerals
     return 100 * evaluate(options).error_rate
 
 
@@ -101,7 +104,7 @@ def hallucinations(model: str) -> tuple[int, int, list[str]]:
     return clean[True], clean[False], texts
 
 
-def longform_cer(model: str) -> float:
+def longform_cer(model: str, numerals: str) -> float:
     from whispertune.backends.base import DecodeOptions, create_transcriber
     from whispertune.evaluate import score_pairs
     from whispertune.text import normalize
@@ -109,7 +112,7 @@ def longform_cer(model: str) -> float:
 
     row = json.loads(LONGFORM.read_text(encoding="utf-8").splitlines()[0])
     transcriber = create_transcriber(model, "ct2")
-    pipeline = Pipeline(transcriber, DecodeOptions(language="zh"), model=model)
+    pipeline = Pipeline(transcriber, DecodeOptions(language="zh", numerals=numerals), model=model)
     text = pipeline.transcribe(LONGFORM.parent / row["audio"]["path"]).text
     transcriber.close()
     s, d, i, n, _ = score_pairs([normalize(row["sentence"])], [normalize(text)], "cer")
@@ -119,22 +122,24 @@ def longform_cer(model: str) -> float:
 CHECKS = ("test", "english", "noise", "longform")
 
 
-def check(model: str, tmp: Path, checks: tuple[str, ...] = CHECKS) -> dict:
+def check(
+    model: str, tmp: Path, checks: tuple[str, ...] = CHECKS, numerals: str = "auto"
+) -> dict:
     t = time.perf_counter()
-    row: dict = {"model": model}
+    row: dict = {"model": model + ("" if numerals == "auto" else f" --numerals {numerals}")}
     if "test" in checks:
         test = test_manifest(tmp)
-        row["test CER ct2 beam5"] = score(model, test, "ct2", 5, None)
-        row["test CER hf greedy"] = score(model, test, "transformers", 1, None)
+        row["test CER ct2 beam5"] = score(model, test, "ct2", 5, None, numerals)
+        row["test CER hf greedy"] = score(model, test, "transformers", 1, None, numerals)
     if "english" in checks:
-        row["ljspeech WER (en)"] = score(model, LJSPEECH, "ct2", 5, "en")
+        row["ljspeech WER (en)"] = score(model, LJSPEECH, "ct2", 5, "en", numerals)
     texts: list[str] = []
     if "noise" in checks:
         vad_clean, raw_clean, texts = hallucinations(model)
         row["silence/noise clean, VAD"] = f"{vad_clean}/20"
         row["silence/noise clean, no VAD"] = f"{raw_clean}/20"
     if "longform" in checks:
-        row["long-form CER"] = longform_cer(model)
+        row["long-form CER"] = longform_cer(model, numerals)
     row["minutes"] = (time.perf_counter() - t) / 60
     row["texts on noise"] = texts
     return row
@@ -155,10 +160,17 @@ def main() -> None:
         help="run only these checks (english/noise do not touch the test speaker's audio: "
         "use them while choosing settings)",
     )
+    parser.add_argument(
+        "--numerals",
+        choices=["auto", "hanzi", "keep"],
+        default="auto",
+        help="how Mandarin output writes numbers (auto: as each model records; the base "
+        "model then keeps Whisper's digits, while AISHELL's references write them out)",
+    )
     args = parser.parse_args()
     models = ([] if args.skip_base else ["builtin:base"]) + args.model
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [check(m, Path(tmp), tuple(args.only)) for m in models]
+        rows = [check(m, Path(tmp), tuple(args.only), args.numerals) for m in models]
     keys = [k for k in rows[0] if k != "texts on noise"]
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

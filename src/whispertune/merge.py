@@ -27,6 +27,7 @@ def merge_adapter(adapter: str | Path, output: str | Path, *, base: str | None =
 
     from whispertune.models.ct2_import import write_vocab_merges
     from whispertune.models.loading import load_processor
+    from whispertune.output_style import copy_style
 
     source = resolve(adapter, base=base)
     if source.adapter_dir is None:
@@ -50,6 +51,7 @@ def merge_adapter(adapter: str | Path, output: str | Path, *, base: str | None =
             shutil.copy2(source.hf_dir() / "merges.txt", staged / "merges.txt")
         elif tokenizer_json.is_file():
             write_vocab_merges(tokenizer_json, staged)
+        copy_style(source.adapter_dir, staged)
         if output.exists():
             shutil.rmtree(output)
         os.replace(staged, output)

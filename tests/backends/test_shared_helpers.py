@@ -47,7 +47,7 @@ def test_clip_duration_is_capped_at_the_window():
 
 def test_initial_prompt_tokens_carry_whispers_leading_space():
     class Echo(Transcriber):
-        def transcribe_clips(self, audios, options, languages=None, **kw):
+        def _transcribe_clips(self, audios, options, languages=None, **kw):
             return []
 
         def encode_text(self, text):

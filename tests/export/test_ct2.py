@@ -14,6 +14,7 @@ from whispertune.audio import load_audio
 from whispertune.backends import DecodeOptions, create_transcriber
 from whispertune.cli import main
 from whispertune.export.ct2 import export_ct2
+from whispertune.output_style import OutputStyle, read_style, write_style
 
 GREEDY = DecodeOptions(language="zh", beam_size=1, temperatures=[0.0], max_new_tokens=12)
 
@@ -87,8 +88,10 @@ def test_adapter_is_merged_into_the_export(tiny_hf, tmp_path):
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = str(tiny_hf)
     cfg_path.write_text(json.dumps(cfg))
+    write_style(tmp_path / "adapter", OutputStyle(numerals="hanzi"))
 
     merged = export_ct2(str(tmp_path / "adapter"), tmp_path / "merged", quantization="float32")
+    assert read_style(merged) == OutputStyle(numerals="hanzi")  # the export writes as trained
     plain = export_ct2(str(tiny_hf), tmp_path / "plain", quantization="float32")
     rng = np.random.default_rng(2)
     audio = (rng.standard_normal(16000 * 30) * 0.1).astype(np.float32)

@@ -287,10 +287,16 @@ def test_merge_gives_the_adapters_logits(tiny_model, tmp_path):
 
     from whispertune.merge import merge_adapter
 
-    manifest = write_manifest(tmp_path / "m.jsonl", 4)
+    # lines whose transcripts write numbers in characters (三十年, 一九九零年): the run records
+    # that convention, and merge carries it
+    manifest = write_manifest(tmp_path / "m.jsonl", 4, start=52)
     train(_opts(tiny_model, manifest, tmp_path / "run", max_steps=4, learning_rate=1e-2))
+    assert json.loads((tmp_path / "run/best/output_style.json").read_text()) == {
+        "numerals": "hanzi"
+    }
     merged_dir = merge_adapter(tmp_path / "run/best", tmp_path / "merged")
     for name in (
+        "output_style.json",
         "model.safetensors",
         "preprocessor_config.json",
         "generation_config.json",

@@ -18,6 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from whispertune.errors import UserError
+from whispertune.output_style import (
+    NUMERAL_CHOICES,
+    OutputStyle,
+    resolve_style,
+    style_transcripts,
+)
 
 BACKENDS = ("ct2", "transformers")
 
@@ -121,6 +127,16 @@ class DecodeOptions:
     no_repeat_ngram_size: int = field(
         default=0, metadata={"help": "forbid repeating n-grams of this size (0 = off)"}
     )
+    numerals: str = field(
+        default="auto",
+        metadata={
+            "help": "how Mandarin output writes numbers: hanzi = in characters, as read "
+            "(四千万, 二零一六年), keep = as decoded (Whisper writes digits: 4000万), auto = as "
+            "the model's training transcripts wrote them (recorded by whispertune train; "
+            "keep for base models)",
+            "choices": list(NUMERAL_CHOICES),
+        },
+    )
 
 
 @dataclass
@@ -199,7 +215,10 @@ class Transcriber(ABC):
     multilingual: bool = True
     supports_word_timestamps: bool = False
 
-    @abstractmethod
+    # The writing conventions of the model's training transcripts (see output_style); set by
+    # the backend from its model directory, applied to every decode per ``options.numerals``.
+    recorded_style: OutputStyle = OutputStyle()
+
     def transcribe_clips(
         self,
         audios: Sequence[np.ndarray],
@@ -214,8 +233,32 @@ class Transcriber(ABC):
 
         ``languages`` (codes) override ``options.language`` per clip; a clip with neither gets
         its language detected. ``previous_tokens`` (per clip) are the text tokens of what came
-        before, given to the model as context (condition on previous text).
+        before, given to the model as context (condition on previous text). The texts follow
+        the model's output style (``options.numerals``); the tokens stay as decoded.
         """
+        style = resolve_style(self.recorded_style, options.numerals)
+        out = self._transcribe_clips(
+            audios,
+            options,
+            languages,
+            timestamps=timestamps,
+            word_timestamps=word_timestamps,
+            previous_tokens=previous_tokens,
+        )
+        return style_transcripts(out, style)
+
+    @abstractmethod
+    def _transcribe_clips(
+        self,
+        audios: Sequence[np.ndarray],
+        options: DecodeOptions,
+        languages: Sequence[str | None] | None = None,
+        *,
+        timestamps: bool = False,
+        word_timestamps: bool = False,
+        previous_tokens: Sequence[Sequence[int] | None] | None = None,
+    ) -> list[Transcript]:
+        """The backend's decode, as ``transcribe_clips`` describes it, before output style."""
 
     def encode_text(self, text: str) -> list[int]:
         """Text tokens (no special tokens) for prompts."""

@@ -41,6 +41,7 @@ from whispertune.backends.base import (
 )
 from whispertune.errors import UserError
 from whispertune.models.sources import ModelSource, resolve
+from whispertune.output_style import read_style
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class CT2Transcriber(Transcriber):
 
         self.source = model if isinstance(model, ModelSource) else resolve(model)
         self.model_dir = ct2_model_dir(self.source)
+        self.recorded_style = read_style(self.source.path)
         threads = threads or min(8, os.cpu_count() or 1)
         if workers <= 0:
             workers = 2 if device == "cpu" and threads >= 2 else 1
@@ -195,7 +197,7 @@ class CT2Transcriber(Transcriber):
             for ranked in self.model.detect_language(encoded)
         ]
 
-    def transcribe_clips(
+    def _transcribe_clips(
         self,
         audios: Sequence[np.ndarray],
         options: DecodeOptions,

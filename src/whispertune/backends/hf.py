@@ -27,6 +27,7 @@ from whispertune.backends.base import (
 )
 from whispertune.errors import UserError
 from whispertune.models.sources import ModelSource
+from whispertune.output_style import read_style
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class HFTranscriber(Transcriber):
         if threads:
             torch.set_num_threads(threads)
         self.loaded = load_transformers(model, dtype=dtype, device=device)
+        self.recorded_style = read_style(self.loaded.source.path)
         self.model = self.loaded.model
         self.processor = self.loaded.processor
         self.device = device
@@ -81,7 +83,7 @@ class HFTranscriber(Transcriber):
         best = probs.argmax(-1).tolist()
         return [(self.lang_ids[ids[b]], float(probs[i, b])) for i, b in enumerate(best)]
 
-    def transcribe_clips(
+    def _transcribe_clips(
         self,
         audios: Sequence[np.ndarray],
         options: DecodeOptions,
@@ -107,7 +109,7 @@ class HFTranscriber(Transcriber):
             # generate() takes one prompt for the whole batch
             out: list[Transcript] = []
             for i in range(n):
-                out += self.transcribe_clips(
+                out += self._transcribe_clips(
                     [audios[i]],
                     options,
                     [languages[i]] if languages else None,

@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "encoder layers only (the rest of the encoder is frozen and its output cached; the "
         "decoder is left as it is), consecutive clips joined into windows of up to 30 s, "
         "lr 2e-4, 6 epochs, the best epoch by CER/WER on --eval "
-        "or on the last 10% of --train.",
+        "or on the last 10% of --train. When the transcripts write Mandarin numbers in "
+        "characters (四千万, as AISHELL does) and never in digits, the model records it "
+        "(best/output_style.json) and writes its numbers that way at inference.",
     )
     options.add_options(p, TrainOptions, config_file=True)
     p.set_defaults(func=_train)

@@ -17,6 +17,7 @@ from pathlib import Path
 from whispertune.errors import UserError
 from whispertune.models.cache import cache_dir
 from whispertune.models.sources import ModelSource, resolve
+from whispertune.output_style import copy_style
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def export_ct2(
             raise UserError(f"cannot convert {source.describe()} to CTranslate2: {e}") from e
         _ensure_support_files(hf_dir, staged)
         _check_alignment_heads(hf_dir, staged)
+        copy_style(source.path, staged)
         if output.exists():
             shutil.rmtree(output)
         os.replace(staged, output)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from whispertune.output_style import OutputStyle, write_style
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
@@ -80,6 +82,7 @@ def save_checkpoint(
     scheduler,
     extra: dict[str, Any] | None = None,
     keep: int = 2,
+    style: OutputStyle | None = None,
 ) -> Path:
     """Write checkpoints/step-N atomically, point ``latest`` at it, prune old ones (the best
     checkpoint is never pruned)."""
@@ -91,6 +94,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_pretrained(tmp, safe_serialization=True)
+    if style is not None:
+        write_style(tmp, style)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),

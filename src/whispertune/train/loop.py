@@ -24,7 +24,9 @@ from typing import Any
 import torch
 
 from whispertune import options as opts
+from whispertune.data.manifest import Sample
 from whispertune.errors import UserError
+from whispertune.output_style import OutputStyle, apply_style, style_of_manifest
 from whispertune.train import checkpoint as ckpt
 from whispertune.train.config import TrainOptions
 from whispertune.train.dataset import (
@@ -171,6 +173,12 @@ class Trainer:
                 f"{o.train}: no sample left after filtering ({self.filter_report.summary()})"
             )
         self.clip_count = len(self.samples)
+        self.output_style = _manifest_style(self.samples, o.language)
+        if not self.output_style.is_plain():
+            logger.info(
+                "the training transcripts write Mandarin numbers in characters: the model "
+                "will too (output_style.json; --numerals keep at inference turns it off)"
+            )
         if o.pack_seconds > 0:
             self._pack(tokenizer, durations)
         self.steps_per_epoch = steps_per_epoch(len(self.samples), o.batch_size, world, o.grad_accum)
@@ -554,6 +562,7 @@ class Trainer:
                 self.scheduler,
                 extra=self._adalora_extra(),
                 keep=self.o.save_total_limit,
+                style=self.output_style,
             )
         self.acc.wait_for_everyone()
         return self.state.step
@@ -588,6 +597,7 @@ class Trainer:
                 self.o,
                 self.metric_name,
                 device=self.acc.device,
+                style=self.output_style,
             )
             self.model.train()
             s = self.state
@@ -657,9 +667,16 @@ def adalora_orthogonal_penalty(model) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate_model(
-    model, processor, samples, options: TrainOptions, metric: str, device=None
+    model,
+    processor,
+    samples,
+    options: TrainOptions,
+    metric: str,
+    device=None,
+    style: OutputStyle | None = None,
 ) -> float:
-    """CER/WER of ``model`` on ``samples`` with greedy (or beam) ``generate``."""
+    """CER/WER of ``model`` on ``samples`` with greedy (or beam) ``generate``, its output in
+    the model's ``style`` as inference will write it."""
     from whispertune.audio import load_audio
     from whispertune.evaluate import score_pairs
     from whispertune.languages import language_code
@@ -687,8 +704,9 @@ def evaluate_model(
                 audios, sampling_rate=16000, return_tensors="pt"
             ).input_features
             kwargs: dict[str, Any] = {"task": options.task}
-            if lang:
-                kwargs["language"] = language_code(lang)
+            code = language_code(lang) if lang else None
+            if code:
+                kwargs["language"] = code
             out = model.generate(
                 input_features=feats.to(device or "cpu", dtype),
                 num_beams=options.eval_beam_size,
@@ -699,7 +717,8 @@ def evaluate_model(
             texts = processor.tokenizer.batch_decode(out, skip_special_tokens=True)
             for s, text in zip(chunk, texts, strict=True):
                 refs.append(normalize(s.text, english=english))
-                hyps.append(normalize(text, english=english))
+                hyps.append(normalize(apply_style(text, code, style or OutputStyle()),
+                                      english=english))
     if was_training:
         model.train()
     subs, dels, ins, n, _ = score_pairs(refs, hyps, metric)
@@ -717,3 +736,16 @@ def train(
     trainer = Trainer(options, progress, cancel)
     trainer.setup()
     return trainer.run()
+
+
+def _manifest_style(samples: list[Sample], default_language: str | None) -> OutputStyle:
+    """The writing conventions of the training transcripts (see whispertune.output_style)."""
+    from whispertune.languages import language_code
+
+    def code(lang: str | None) -> str | None:
+        try:
+            return language_code(lang) if lang else None
+        except UserError:
+            return None
+
+    return style_of_manifest((code(s.language or default_language), s.text) for s in samples)
