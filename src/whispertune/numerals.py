@@ -22,7 +22,10 @@ from collections.abc import Iterable
 _DIGITS = "零一二三四五六七八九"
 _SMALL_UNITS = ("", "十", "百", "千")
 _BIG_UNITS = ("", "万", "亿", "万亿")
-_HANZI_NUMERAL = re.compile(r"[零〇一二两三四五六七八九十百千万亿]")
+# Two or more numeral characters in a row: a number written out (四千万, 二零一六), which a
+# lone character (一个, 万一) is not.
+_WRITTEN_NUMBER = re.compile(r"[零〇一二两三四五六七八九十百千万亿]{2,}")
+_FULL_WIDTH = str.maketrans("０１２３４５６７８９％．，／", "0123456789%.,/")
 
 # A lone 2 before one of these is read 两 (两个, 两岁), before anything else 二 (二月, 二号).
 _LIANG_BEFORE = set(
@@ -130,8 +133,6 @@ def arabic_to_hanzi(text: str) -> str:
     return _NUMBER.sub(replace, text)
 
 
-_FULL_WIDTH = str.maketrans("０１２３４５６７８９％．，／", "0123456789%.,/")
-
 
 def numeral_style(sentences: Iterable[str], *, minimum: int = 3) -> str | None:
     """``"hanzi"`` when Chinese transcripts write numbers in characters and never in digits.
@@ -143,7 +144,7 @@ def numeral_style(sentences: Iterable[str], *, minimum: int = 3) -> str | None:
     written = digits = 0
     for s in sentences:
         digits += len(re.findall(r"\d+", s.translate(_FULL_WIDTH)))
-        written += len(re.findall(r"[零〇一二两三四五六七八九十百千万亿]{2,}", s))
+        written += len(_WRITTEN_NUMBER.findall(s))
     if written >= minimum and digits * 10 <= written:
         return "hanzi"
     return None

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from whispertune.errors import UserError
 from whispertune.numerals import arabic_to_hanzi, numeral_style
 
 logger = logging.getLogger(__name__)
@@ -49,10 +50,10 @@ def write_style(directory: Path, style: OutputStyle) -> None:
     (Path(directory) / STYLE_FILE).write_text(json.dumps(asdict(style), indent=1), "utf-8")
 
 
-def read_style(directory: Path | None) -> OutputStyle:
+def read_style(directory: Path) -> OutputStyle:
     """The style recorded in a model directory, plain when there is none (base models)."""
-    path = Path(directory) / STYLE_FILE if directory is not None else None
-    if path is None or not path.is_file():
+    path = Path(directory) / STYLE_FILE
+    if not path.is_file():
         return OutputStyle()
     try:
         data = json.loads(path.read_text("utf-8"))
@@ -70,8 +71,6 @@ def copy_style(source_dir: Path, target_dir: Path) -> None:
 def resolve_style(recorded: OutputStyle, numerals: str) -> OutputStyle:
     """What a decode applies: the ``--numerals`` choice, ``auto`` meaning the recorded one."""
     if numerals not in NUMERAL_CHOICES:
-        from whispertune.errors import UserError
-
         raise UserError(f"unknown --numerals {numerals!r}; use one of {', '.join(NUMERAL_CHOICES)}")
     if numerals == "auto":
         return recorded

@@ -743,6 +743,8 @@ def _manifest_style(samples: list[Sample], default_language: str | None) -> Outp
     from whispertune.languages import language_code
 
     def code(lang: str | None) -> str | None:
+        # An English-only model never reads --language, so a name it cannot resolve is no
+        # error here either: such text simply has no convention to record.
         try:
             return language_code(lang) if lang else None
         except UserError:
