@@ -2,6 +2,7 @@
 the base model and each model given, in one table:
 
     python benchmarks/recipe_check.py --model runs/x/best [--model merged/ ...] [--skip-base]
+        [--numerals hanzi] [--no-rescore] [--only test longform]
 
 - test CER: the AISHELL test split (W0441-W0496 of ../shared/data/zh/aishell_s0150), ct2 int8
   beam 5 and transformers greedy (``whispertune evaluate``);
@@ -69,7 +70,13 @@ def noise_clips(seed: int = 0) -> list[tuple[str, np.ndarray]]:
 
 
 def score(
-    model: str, manifest: Path, backend: str, beam: int, language: str | None, numerals: str
+    model: str,
+    manifest: Path,
+    backend: str,
+    beam: int,
+    language: str | None,
+    numerals: str,
+    rescore: bool = True,
 ) -> float:
     from whispertune.evaluate import EvaluateOptions, evaluate
 
@@ -80,6 +87,7 @@ def score(
         options.decode.temperatures = [0.0]
     options.decode.language = language
     options.decode.numerals = numerals
+    options.decode.rescore = rescore
     return 100 * evaluate(options).error_rate
 
 
@@ -104,7 +112,7 @@ def hallucinations(model: str) -> tuple[int, int, list[str]]:
     return clean[True], clean[False], texts
 
 
-def longform_cer(model: str, numerals: str) -> float:
+def longform_cer(model: str, numerals: str, rescore: bool = True) -> float:
     from whispertune.backends.base import DecodeOptions, create_transcriber
     from whispertune.evaluate import score_pairs
     from whispertune.text import normalize
@@ -112,7 +120,8 @@ def longform_cer(model: str, numerals: str) -> float:
 
     row = json.loads(LONGFORM.read_text(encoding="utf-8").splitlines()[0])
     transcriber = create_transcriber(model, "ct2")
-    pipeline = Pipeline(transcriber, DecodeOptions(language="zh", numerals=numerals), model=model)
+    decode = DecodeOptions(language="zh", numerals=numerals, rescore=rescore)
+    pipeline = Pipeline(transcriber, decode, model=model)
     text = pipeline.transcribe(LONGFORM.parent / row["audio"]["path"]).text
     transcriber.close()
     s, d, i, n, _ = score_pairs([normalize(row["sentence"])], [normalize(text)], "cer")
@@ -123,14 +132,22 @@ CHECKS = ("test", "english", "noise", "longform")
 
 
 def check(
-    model: str, tmp: Path, checks: tuple[str, ...] = CHECKS, numerals: str = "auto"
+    model: str,
+    tmp: Path,
+    checks: tuple[str, ...] = CHECKS,
+    numerals: str = "auto",
+    rescore: bool = True,
 ) -> dict:
     t = time.perf_counter()
-    row: dict = {"model": model + ("" if numerals == "auto" else f" --numerals {numerals}")}
+    row: dict = {
+        "model": model
+        + ("" if numerals == "auto" else f" --numerals {numerals}")
+        + ("" if rescore else " --no-rescore")
+    }
     if "test" in checks:
         test = test_manifest(tmp)
-        row["test CER ct2 beam5"] = score(model, test, "ct2", 5, None, numerals)
-        row["test CER hf greedy"] = score(model, test, "transformers", 1, None, numerals)
+        row["test CER ct2 beam5"] = score(model, test, "ct2", 5, None, numerals, rescore)
+        row["test CER hf greedy"] = score(model, test, "transformers", 1, None, numerals, rescore)
     if "english" in checks:
         row["ljspeech WER (en)"] = score(model, LJSPEECH, "ct2", 5, "en", numerals)
     texts: list[str] = []
@@ -139,7 +156,7 @@ def check(
         row["silence/noise clean, VAD"] = f"{vad_clean}/20"
         row["silence/noise clean, no VAD"] = f"{raw_clean}/20"
     if "longform" in checks:
-        row["long-form CER"] = longform_cer(model, numerals)
+        row["long-form CER"] = longform_cer(model, numerals, rescore)
     row["minutes"] = (time.perf_counter() - t) / 60
     row["texts on noise"] = texts
     return row
@@ -167,10 +184,18 @@ def main() -> None:
         help="how Mandarin output writes numbers (auto: as each model records; the base "
         "model then keeps Whisper's digits, while AISHELL's references write them out)",
     )
+    parser.add_argument(
+        "--no-rescore",
+        action="store_true",
+        help="decode Mandarin without the word-model rescoring (as Whisper's beam has it)",
+    )
     args = parser.parse_args()
     models = ([] if args.skip_base else ["builtin:base"]) + args.model
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [check(m, Path(tmp), tuple(args.only), args.numerals) for m in models]
+        rows = [
+            check(m, Path(tmp), tuple(args.only), args.numerals, not args.no_rescore)
+            for m in models
+        ]
     keys = [k for k in rows[0] if k != "texts on noise"]
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

@@ -18,7 +18,8 @@ def clips(shared_data):
 
 @pytest.mark.slow
 def test_ct2_and_transformers_agree_at_float32(clips):
-    opts = DecodeOptions(language="zh", beam_size=1)
+    # the decode itself (rescoring, which scores candidates each its own way, off)
+    opts = DecodeOptions(language="zh", beam_size=1, rescore=False)
     ct2 = create_transcriber("builtin:base", "ct2", compute_type="float32")
     hf = create_transcriber("builtin:base", "transformers", compute_type="float32")
     a = ct2.transcribe_clips(clips, opts)

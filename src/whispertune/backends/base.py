@@ -137,6 +137,17 @@ class DecodeOptions:
             "choices": list(NUMERAL_CHOICES),
         },
     )
+    rescore: bool = field(
+        default=True,
+        metadata={
+            "help": "Mandarin transcription: rescore the beam's hypotheses and their "
+            "homophones (same pinyin) with a word-frequency language model (jieba's "
+            "dictionary) plus Whisper's own score, and write the winner in simplified "
+            "characters; it fixes homophone errors such as 洋盐 → 扬言 (validation CER "
+            "16.7 → 15.2 %% with base) and makes decoding ~2x slower. Not applied to "
+            "long-form (timestamped) windows. --no-rescore: as decoded"
+        },
+    )
 
 
 @dataclass

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ from whispertune.backends.base import (
 from whispertune.errors import UserError
 from whispertune.models.sources import ModelSource, resolve
 from whispertune.output_style import read_style
+from whispertune.rescoring import choose, wants_rescoring
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class _Decoded:
     ratio: float
     no_speech_prob: float
     temperature: float
+    # The beam's other hypotheses (temperature 0, when the output is to be rescored) and
+    # the length-normalized scores of all, this one first.
+    alternatives: list[list[int]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
 
 
 class CT2Transcriber(Transcriber):
@@ -265,8 +270,15 @@ class CT2Transcriber(Transcriber):
                     without_timestamps=not timestamps,
                 )
             )
+        rescore = [wants_rescoring(options.rescore, lang, options.task) for lang in langs]
         decoded = self._generate_with_fallback(
-            encoded, feats, prompts, options, tokenizers[(langs[0], options.task)], timestamps
+            encoded,
+            feats,
+            prompts,
+            options,
+            tokenizers[(langs[0], options.task)],
+            timestamps,
+            rescore=any(rescore) and not timestamps,
         )
         out = []
         for i, (lang, prob, res) in enumerate(zip(langs, probs, decoded, strict=True)):
@@ -287,6 +299,9 @@ class CT2Transcriber(Transcriber):
                 text_ids = [x for x in res.tokens if x < self.eot]
                 t.tokens = text_ids
                 t.text = self.hf_tokenizer.decode(text_ids).strip()
+                rescored = rescore[i] and res.temperature == 0 and bool(t.text)
+                if rescored and not timestamps:
+                    t.text, t.tokens = self._rescored(encoded, feats, i, prompts[i], res, audios[i])
                 if timestamps:
                     t.segments, t.consumed = split_timestamped(
                         res.tokens,
@@ -295,6 +310,10 @@ class CT2Transcriber(Transcriber):
                         duration,
                         self.hf_tokenizer.decode,
                     )
+                    if rescored:
+                        tk = tokenizers[(lang, options.task)]
+                        start = [*tk.sot_sequence, tk.no_timestamps]
+                        self._rescore_segments(encoded, feats, i, start, t.segments, duration)
                     t.tokens = [x for s in t.segments for x in s.tokens]
                     t.text = "".join(s.text for s in t.segments).strip()
             out.append(t)
@@ -302,8 +321,71 @@ class CT2Transcriber(Transcriber):
             self._add_words(out, encoded, feats, langs, options.task, audios)
         return out
 
+    def _rescored(self, encoded, feats, i: int, prompt, res: _Decoded, audio) -> tuple[str, list]:
+        """The clip's text after rescoring its beam with the word model (see rescoring)."""
+        beams = [
+            (ids, score)
+            for ids, score in zip([res.tokens, *res.alternatives], res.scores, strict=True)
+        ]
+        hypotheses = [
+            self.hf_tokenizer.decode([x for x in ids if x < self.eot]).strip() for ids, _ in beams
+        ]
+        # the beam's total log-probability, end of text included (faster-whisper's reading
+        # of CTranslate2's length-normalized score)
+        totals = [score * len(ids) for ids, score in beams]
+        frames = min(N_FRAMES, max(1, len(audio) // 160))  # 10 ms frames at 16 kHz
+
+        def acoustic(texts: Sequence[str]) -> list[float]:
+            seqs = [self.encode_text(t) for t in texts]
+            aligned = self.model.align(
+                self._repeated(encoded, feats, i, len(seqs)), prompt, seqs, frames
+            )
+            return [float(np.log(np.maximum(r.text_token_probs, 1e-12)).sum()) for r in aligned]
+
+        choice = choose(hypotheses, acoustic, end_scores=totals)
+        return choice.text, self.encode_text(choice.text)
+
+    def _rescore_segments(self, encoded, feats, i: int, start, segments, duration) -> None:
+        """Timestamped windows (long-form): each segment's text is rescored among its
+        homophone variants, scored by the acoustic model with the rest of the window's text
+        around it. The beam's other hypotheses are not used: their segments do not line up."""
+        frames = min(N_FRAMES, max(1, round(duration * 100)))
+        for k, seg in enumerate(segments):
+            if not seg.text.strip():
+                continue
+            before = [x for s in segments[:k] for x in s.tokens]
+            after = [x for s in segments[k + 1 :] for x in s.tokens]
+
+            def acoustic(texts: Sequence[str], before=before, after=after) -> list[float]:
+                seqs = [before + self.encode_text(t) + after for t in texts]
+                aligned = self.model.align(
+                    self._repeated(encoded, feats, i, len(seqs)), start, seqs, frames
+                )
+                return [
+                    float(np.log(np.maximum(r.text_token_probs, 1e-12)).sum()) for r in aligned
+                ]
+
+            seg.text = choose([seg.text], acoustic).text
+            seg.tokens = self.encode_text(seg.text)
+
+    def _repeated(self, encoded, feats: np.ndarray, i: int, k: int):
+        """Clip ``i``'s encoder output ``k`` times (one per candidate to score)."""
+        import ctranslate2
+
+        if self.device == "cpu":
+            one = np.asarray(encoded)[i : i + 1]
+            return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(one, k, 0)))
+        return self._encode(np.ascontiguousarray(np.repeat(feats[i : i + 1], k, 0)))
+
     def _generate_with_fallback(
-        self, encoded, feats, prompts, options: DecodeOptions, tokenizer, timestamps: bool
+        self,
+        encoded,
+        feats,
+        prompts,
+        options: DecodeOptions,
+        tokenizer,
+        timestamps: bool,
+        rescore: bool = False,
     ) -> list[_Decoded]:
         """Whisper's temperature fallback, batched: every clip is decoded at the first
         temperature; only the clips whose output loops (compression ratio) or is improbable
@@ -318,6 +400,7 @@ class CT2Transcriber(Transcriber):
         max_length = min(MAX_TARGET_TOKENS, longest_prompt + max_new)
         suppress = self._suppress_tokens(tokenizer)
         temperatures = options.temperatures or [0.0]
+        n_best = options.beam_size if rescore else 1
         for temperature in temperatures:
             sub = self._subset(encoded, feats, pending, n)
             if temperature > 0:
@@ -328,7 +411,7 @@ class CT2Transcriber(Transcriber):
                     sampling_temperature=temperature,
                 )
             else:
-                kw = dict(beam_size=options.beam_size)
+                kw = dict(beam_size=options.beam_size, num_hypotheses=n_best)
             results = self.model.generate(
                 sub,
                 [prompts[i] for i in pending],
@@ -352,6 +435,8 @@ class CT2Transcriber(Transcriber):
                     ratio=compression_ratio(text.strip()),
                     no_speech_prob=res.no_speech_prob,
                     temperature=temperature,
+                    alternatives=list(res.sequences_ids[1:]),
+                    scores=list(res.scores),
                 )
                 candidates[i].append(d)
                 if needs_fallback(options, d.ratio, d.avg_logprob, d.no_speech_prob):

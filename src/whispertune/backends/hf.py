@@ -28,6 +28,7 @@ from whispertune.backends.base import (
 from whispertune.errors import UserError
 from whispertune.models.sources import ModelSource
 from whispertune.output_style import read_style
+from whispertune.rescoring import choose, wants_rescoring
 
 logger = logging.getLogger(__name__)
 
@@ -186,12 +187,50 @@ class HFTranscriber(Transcriber):
         for i, seq in enumerate(sequences.tolist()):
             text_ids = [t for t in seq if t < self.eot]
             detected = next((self.lang_ids[t] for t in seq if t in self.lang_ids), None)
-            results.append(
-                Transcript(
-                    text=tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
-                    language=langs[i] or detected or ("en" if not self.multilingual else None),
-                    language_probability=probs[i],
-                    tokens=text_ids,
-                )
+            t = Transcript(
+                text=tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
+                language=langs[i] or detected or ("en" if not self.multilingual else None),
+                language_probability=probs[i],
+                tokens=text_ids,
             )
+            if t.text and wants_rescoring(options.rescore, t.language, options.task):
+                t.text = choose(
+                    [t.text],
+                    lambda texts, i=i, lang=t.language: self._forced_logprobs(
+                        feats[i : i + 1], lang, options.task, texts
+                    ),
+                ).text
+                t.tokens = self.encode_text(t.text)
+            results.append(t)
         return results
+
+    def _forced_logprobs(self, feats, language: str, task: str, texts) -> list[float]:
+        """Log-probability of each text's tokens given the clip (teacher forcing): the
+        acoustic side of rescoring, as CTranslate2's align gives it in the ct2 backend."""
+        import torch
+
+        config = self.model.generation_config
+        start = [config.decoder_start_token_id]
+        if self.multilingual:
+            start += [config.lang_to_id[f"<|{language}|>"], config.task_to_id[task]]
+        start.append(config.no_timestamps_token_id)
+        seqs = [self.encode_text(t) for t in texts]
+        width = len(start) + max(len(s) for s in seqs) + 1
+        ids = torch.full((len(seqs), width), self.eot, dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(start) + len(s)] = torch.tensor(start + s)
+        with torch.inference_mode():
+            encoded = self.model.model.encoder(feats).last_hidden_state
+            logits = self.model(
+                encoder_outputs=(encoded.expand(len(seqs), -1, -1),),
+                decoder_input_ids=ids.to(self.device),
+            ).logits.float()
+        logprobs = logits.log_softmax(-1)
+        out = []
+        for row, s in enumerate(seqs):
+            # the text's tokens and the end of text after them: a candidate cut short pays
+            # for stopping early
+            positions = torch.arange(len(start) - 1, len(start) + len(s))
+            targets = torch.tensor([*s, self.eot])
+            out.append(float(logprobs[row, positions, targets].sum()))
+        return out

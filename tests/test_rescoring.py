@@ -1,0 +1,71 @@
+"""The word model and the homophone candidates behind Mandarin rescoring (real jieba
+dictionary, real pinyin); the decode itself is tested on real whisper-base in
+tests/backends/test_rescoring.py."""
+
+from __future__ import annotations
+
+from whispertune.rescoring import (
+    candidates,
+    choose,
+    homophone_variants,
+    wants_rescoring,
+    word_logprob,
+)
+
+
+def test_real_words_score_higher_than_their_homophones():
+    assert word_logprob("他扬言要报复") > word_logprob("他洋盐要报复") + 5
+    assert word_logprob("到一家珠宝店") > word_logprob("到一家煮饱店") + 5
+    # script and punctuation do not count, numbers are scored as read
+    assert word_logprob("後者接受採訪。") == word_logprob("后者接受采访")
+    assert word_logprob("总共4000万") == word_logprob("总共四千万")
+    assert word_logprob("") == 0.0
+
+
+def test_variants_replace_one_run_by_a_same_sounding_word():
+    variants = homophone_variants("他洋盐要报复")
+    assert "他扬言要报复" in variants
+    for v in variants:
+        assert len(v) == len("他洋盐要报复") and v != "他洋盐要报复"
+    # runs never cross punctuation or Latin letters, which stay where they are
+    variants = homophone_variants("三洞楼、美洞楼前有T恤")
+    assert variants
+    for v in variants:
+        assert v[3] == "、" and v.endswith("T恤"), v
+
+
+def test_candidates_are_the_beam_in_simplified_script_then_variants():
+    cands = candidates(["後者接受日本媒體採訪時表示", "后者接受日本媒体采访时表示", "他洋盐要报复"])
+    texts = [c.text for c in cands]
+    assert texts[:2] == ["后者接受日本媒体采访时表示", "他洋盐要报复"]
+    assert [c.source for c in cands[:2]] == [0, 2]
+    assert len(texts) == len(set(texts))
+    assert "他扬言要报复" in texts[2:]
+
+
+def test_choice_adds_the_word_model_to_the_acoustic_score():
+    hyps = ["他洋盐要报复"]
+    # the same acoustic score for every candidate: the word model decides
+    assert choose(hyps, lambda texts: [0.0] * len(texts)).text == "他扬言要报复"
+    # an acoustic model sure of its hypothesis keeps it
+    sure = choose(hyps, lambda texts: [0.0 if t == "他洋盐要报复" else -100.0 for t in texts])
+    assert sure.text == "他洋盐要报复" and sure.index == 0
+
+
+def test_a_hypothesis_cut_short_pays_for_its_end():
+    """With the beam's totals, a shorter hypothesis gets its own end-of-text term: here the
+    beam found the full sentence far more probable, and the word model's preference for
+    fewer words does not overturn that."""
+    hyps = ["就好像看到一个地球在动一样", "就好像看到一个地球在动"]
+
+    def acoustic(texts):  # log-probabilities of the text tokens, end of text left out
+        return [-4.0 if t.endswith("一样") else -2.0 for t in texts]
+
+    assert choose(hyps, acoustic, end_scores=[-4.5, -30.0]).text == hyps[0]
+
+
+def test_only_mandarin_transcription_is_rescored():
+    assert wants_rescoring(True, "zh", "transcribe")
+    assert not wants_rescoring(True, "en", "transcribe")
+    assert not wants_rescoring(True, "zh", "translate")
+    assert not wants_rescoring(False, "zh", "transcribe")
