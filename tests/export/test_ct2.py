@@ -16,7 +16,10 @@ from whispertune.cli import main
 from whispertune.export.ct2 import export_ct2
 from whispertune.output_style import OutputStyle, read_style, write_style
 
-GREEDY = DecodeOptions(language="zh", beam_size=1, temperatures=[0.0], max_new_tokens=12)
+# as decoded: these tests compare decoders (rescoring, tested on its own, off)
+GREEDY = DecodeOptions(
+    language="zh", beam_size=1, temperatures=[0.0], max_new_tokens=12, rescore=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +117,9 @@ def test_builtin_base_export_matches_our_backend_in_faster_whisper(tmp_path, sha
     windows = [audio[:480000], audio[480000 * 2 : 480000 * 3]]
     fw = WhisperModel(str(out), device="cpu", compute_type="int8", cpu_threads=2)
     ours = create_transcriber(str(out), "ct2", threads=2)
-    got = ours.transcribe_clips(windows, DecodeOptions(language="zh", temperatures=[0.0]),
-                                timestamps=True)
+    got = ours.transcribe_clips(
+        windows, DecodeOptions(language="zh", temperatures=[0.0], rescore=False), timestamps=True
+    )
     for window, t in zip(windows, got, strict=True):
         segments, _ = fw.transcribe(window, language="zh", beam_size=5, temperature=0.0,
                                     condition_on_previous_text=False)

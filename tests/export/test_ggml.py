@@ -149,6 +149,7 @@ def greedy_options(language: str, **extra):
         "compression_ratio_threshold": None,
         "log_prob_threshold": None,
         "no_speech_threshold": None,
+        "rescore": False,  # whisper.cpp has no rescoring: compare what the models decode
     }
     names = {f.name for f in dataclasses.fields(DecodeOptions)}
     kw = {k: v for k, v in guards_off.items() if k in names}
