@@ -143,9 +143,10 @@ class DecodeOptions:
             "help": "Mandarin transcription: rescore the beam's hypotheses and their "
             "homophones (same pinyin) with a word-frequency language model (jieba's "
             "dictionary) plus Whisper's own score, and write the winner in simplified "
-            "characters; it fixes homophone errors such as 洋盐 → 扬言 (validation CER "
-            "16.7 → 15.2 %% with base) and makes decoding ~2x slower. Not applied to "
-            "long-form (timestamped) windows. --no-rescore: as decoded"
+            "characters; it fixes homophone errors such as 洋盐 → 扬言 (AISHELL test "
+            "split, beam 5: the default fine-tune 23.2 → 19.3 %% CER, base 22.4 → 22.1 %%) "
+            "and makes decoding ~2.4x slower on a CPU. Long-form windows rescore each "
+            "segment. --no-rescore: as Whisper's beam decodes"
         },
     )
 
