@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 # (a unigram word model prefers fewer, longer words, so without it a hypothesis that drops
 # a word wins), and how many homophone variants (the ones the word model likes best) the
 # acoustic model scores per clip. Chosen on the training part of the AISHELL split with the
-# base model (272 clips; docs/fine-tuning-recipe.md): CER 11.7 % as decoded, 8.1 % rescored
-# without the bonus, 7.3 % with 5-8 per character; weights 0.7-1.3 within 0.4 points.
+# base model (149 clips; docs/fine-tuning-recipe.md): CER 10.5 % as decoded, 8.95 % rescored
+# without the bonus, 8.3 % with 5-8 per character; weights 0.5-1.3 within 0.6 points.
 LM_WEIGHT = 1.0
 CHAR_BONUS = 5.0
 MAX_VARIANTS = 8

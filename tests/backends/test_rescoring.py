@@ -67,3 +67,19 @@ def test_other_languages_and_translation_are_left_alone(shared_data, clips):
     assert model.transcribe_clips(clips[:1], tr)[0].text == (
         model.transcribe_clips(clips[:1], tr_off)[0].text
     )
+
+
+@pytest.mark.slow
+def test_timestamped_windows_rescore_their_segments(shared_data):
+    """transcribe decodes with timestamps (long-form windows): each segment is rescored
+    among its homophone variants, and keeps its times."""
+    from whispertune.transcribe import Pipeline
+
+    model = create_transcriber("builtin:base", "ct2")
+    clip = shared_data / CLIPS.format("0402")  # timestamped, base writes 该动职务员目前…
+    rescored = Pipeline(model, DecodeOptions(language="zh")).transcribe(clip)
+    raw = Pipeline(model, DecodeOptions(language="zh", rescore=False)).transcribe(clip)
+    assert _plain(rescored.text) == "该动植物园目前正在就此事进行调查" != _plain(raw.text)
+    assert [(s.start, s.end) for s in rescored.segments] == [
+        (s.start, s.end) for s in raw.segments
+    ]

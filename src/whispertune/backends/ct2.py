@@ -337,10 +337,7 @@ class CT2Transcriber(Transcriber):
 
         def acoustic(texts: Sequence[str]) -> list[float]:
             seqs = [self.encode_text(t) for t in texts]
-            aligned = self.model.align(
-                self._repeated(encoded, feats, i, len(seqs)), prompt, seqs, frames
-            )
-            return [float(np.log(np.maximum(r.text_token_probs, 1e-12)).sum()) for r in aligned]
+            return self._forced_logprobs(encoded, feats, i, prompt, seqs, frames)
 
         choice = choose(hypotheses, acoustic, end_scores=totals)
         return choice.text, self.encode_text(choice.text)
@@ -358,24 +355,25 @@ class CT2Transcriber(Transcriber):
 
             def acoustic(texts: Sequence[str], before=before, after=after) -> list[float]:
                 seqs = [before + self.encode_text(t) + after for t in texts]
-                aligned = self.model.align(
-                    self._repeated(encoded, feats, i, len(seqs)), start, seqs, frames
-                )
-                return [
-                    float(np.log(np.maximum(r.text_token_probs, 1e-12)).sum()) for r in aligned
-                ]
+                return self._forced_logprobs(encoded, feats, i, start, seqs, frames)
 
             seg.text = choose([seg.text], acoustic).text
             seg.tokens = self.encode_text(seg.text)
 
-    def _repeated(self, encoded, feats: np.ndarray, i: int, k: int):
-        """Clip ``i``'s encoder output ``k`` times (one per candidate to score)."""
+    def _forced_logprobs(self, encoded, feats, i: int, start, seqs, frames: int) -> list[float]:
+        """Log-probability of each token sequence given clip ``i`` (teacher forcing, end of
+        text left out), from CTranslate2's align: the acoustic side of rescoring."""
         import ctranslate2
 
-        if self.device == "cpu":
+        if self.device == "cpu":  # one copy of the clip's encoder output per sequence
             one = np.asarray(encoded)[i : i + 1]
-            return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(one, k, 0)))
-        return self._encode(np.ascontiguousarray(np.repeat(feats[i : i + 1], k, 0)))
+            repeated = ctranslate2.StorageView.from_array(
+                np.ascontiguousarray(np.repeat(one, len(seqs), 0))
+            )
+        else:
+            repeated = self._encode(np.ascontiguousarray(np.repeat(feats[i : i + 1], len(seqs), 0)))
+        aligned = self.model.align(repeated, start, seqs, frames)
+        return [float(np.log(np.maximum(r.text_token_probs, 1e-12)).sum()) for r in aligned]
 
     def _generate_with_fallback(
         self,
