@@ -46,7 +46,6 @@ MAX_VARIANTS = 8
 _MIN_COUNT = 3
 _VARIANTS_PER_SOUND = 3
 _HAN = re.compile(r"[\u4e00-\u9fff]")
-_lock = threading.Lock()  # jieba's segmentation state is shared
 _build_lock = threading.Lock()  # the first clips of a batch arrive from several workers
 
 
@@ -70,6 +69,7 @@ def _load_tokenizer():
     return tok
 
 
+@lru_cache(maxsize=4096)  # candidates are sorted by it, then scored with it
 def word_logprob(text: str) -> float:
     """Natural log-probability of ``text`` under jieba's unigram word model (its best
     segmentation). Numbers are scored as read, so that ``4000万`` and ``四千万`` tie."""
@@ -77,10 +77,8 @@ def word_logprob(text: str) -> float:
     if not s:
         return 0.0
     tok = _tokenizer()
-    with _lock:  # jieba's DAG helpers share state
-        dag = tok.get_DAG(s)
-        route: dict[int, tuple[float, int]] = {}
-        tok.calc(s, dag, route)
+    route: dict[int, tuple[float, int]] = {}
+    tok.calc(s, tok.get_DAG(s), route)  # reads the dictionary only: safe across threads
     return route[0][0]
 
 
@@ -171,8 +169,6 @@ def candidates(hypotheses: Sequence[str]) -> list[Candidate]:
 class Choice:
     text: str
     index: int  # among the candidates; 0 = the beam's best hypothesis (simplified)
-    acoustic: float
-    language: float
 
 
 def choose(
@@ -205,4 +201,4 @@ def choose(
         am.append(a)
     lm = [word_logprob(t) + char_bonus * len(_comparable(t)) for t in texts]
     best = max(range(len(texts)), key=lambda i: (am[i] + weight * lm[i], -i))
-    return Choice(texts[best], best, am[best], lm[best])
+    return Choice(texts[best], best)

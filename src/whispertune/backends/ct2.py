@@ -323,10 +323,7 @@ class CT2Transcriber(Transcriber):
 
     def _rescored(self, encoded, feats, i: int, prompt, res: _Decoded, audio) -> tuple[str, list]:
         """The clip's text after rescoring its beam with the word model (see rescoring)."""
-        beams = [
-            (ids, score)
-            for ids, score in zip([res.tokens, *res.alternatives], res.scores, strict=True)
-        ]
+        beams = list(zip([res.tokens, *res.alternatives], res.scores, strict=True))
         hypotheses = [
             self.hf_tokenizer.decode([x for x in ids if x < self.eot]).strip() for ids, _ in beams
         ]
