@@ -82,6 +82,28 @@ def test_window_audio_is_the_clips_back_to_back_and_labels_are_timestamped(tiny_
     assert labels == build_labels(window, tok, special, language="Chinese", timestamps=True)
 
 
+def test_by_default_joined_windows_train_both_forms_and_single_clips_stay_plain(
+    tiny_model, tmp_path
+):
+    from whispertune.models.loading import load_processor
+    from whispertune.models.sources import resolve
+
+    manifest = write_manifest(tmp_path / "m.jsonl", 3)
+    samples = read_manifest(manifest)
+    window = join(samples, [s.duration for s in samples])
+    processor = load_processor(resolve(str(tiny_model)))
+    tok = processor.tokenizer
+    special = SpecialTokens.from_tokenizer(tok)
+    o = _opts(tiny_model, manifest, tmp_path / "run")  # the recipe's target defaults
+    ds = SpeechDataset([window] * 40 + samples, processor.feature_extractor, tok, special, o)
+    forms = [special.no_timestamps in ds.labels(i) for i in range(40)]
+    # about half of the windows timestamped (Whisper's long-form form), half plain
+    assert 10 <= forms.count(False) <= 30 and 10 <= forms.count(True) <= 30
+    for i in range(40, 43):  # clips without segment times: plain text only
+        assert special.no_timestamps in ds.labels(i)
+        assert not [t for t in ds.labels(i) if t >= special.timestamp_begin]
+
+
 @pytest.mark.parametrize("scope", ["encoder", "all"])
 def test_training_on_packed_windows(tiny_model, tmp_path, monkeypatch, scope):
     monkeypatch.setenv("WHISPERTUNE_CACHE", str(tmp_path / "cache"))
