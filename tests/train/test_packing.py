@@ -56,18 +56,23 @@ def test_no_speech_language_change_and_label_budget_break_a_window():
     assert len(tight) == 2  # 2 x (230 + 2 timestamps) > 448
 
 
-def test_window_audio_is_the_clips_back_to_back_and_labels_are_timestamped(tiny_model, tmp_path):
+def _three_clips_joined(tiny_model, tmp_path):
+    """Three clips joined into one window, and the processor that makes their labels."""
     from whispertune.models.loading import load_processor
     from whispertune.models.sources import resolve
 
     manifest = write_manifest(tmp_path / "m.jsonl", 3)
     samples = read_manifest(manifest)
-    durations = [s.duration for s in samples]
-    window = join(samples, durations)
-    parts = window.extra[PARTS]
+    window = join(samples, [s.duration for s in samples])
     processor = load_processor(resolve(str(tiny_model)))
+    special = SpecialTokens.from_tokenizer(processor.tokenizer)
+    return manifest, samples, window, processor, special
+
+
+def test_window_audio_is_the_clips_back_to_back_and_labels_are_timestamped(tiny_model, tmp_path):
+    manifest, _, window, processor, special = _three_clips_joined(tiny_model, tmp_path)
+    parts = window.extra[PARTS]
     tok = processor.tokenizer
-    special = SpecialTokens.from_tokenizer(tok)
     o = _opts(tiny_model, manifest, tmp_path / "run", timestamps=True, timestamp_ratio=1.0)
     ds = SpeechDataset([window], processor.feature_extractor, tok, special, o)
     audio = ds.audio(0)
@@ -85,17 +90,11 @@ def test_window_audio_is_the_clips_back_to_back_and_labels_are_timestamped(tiny_
 def test_by_default_joined_windows_train_both_forms_and_single_clips_stay_plain(
     tiny_model, tmp_path
 ):
-    from whispertune.models.loading import load_processor
-    from whispertune.models.sources import resolve
-
-    manifest = write_manifest(tmp_path / "m.jsonl", 3)
-    samples = read_manifest(manifest)
-    window = join(samples, [s.duration for s in samples])
-    processor = load_processor(resolve(str(tiny_model)))
-    tok = processor.tokenizer
-    special = SpecialTokens.from_tokenizer(tok)
+    manifest, samples, window, processor, special = _three_clips_joined(tiny_model, tmp_path)
     o = _opts(tiny_model, manifest, tmp_path / "run")  # the recipe's target defaults
-    ds = SpeechDataset([window] * 40 + samples, processor.feature_extractor, tok, special, o)
+    ds = SpeechDataset(
+        [window] * 40 + samples, processor.feature_extractor, processor.tokenizer, special, o
+    )
     forms = [special.no_timestamps in ds.labels(i) for i in range(40)]
     # about half of the windows timestamped (Whisper's long-form form), half plain
     assert 10 <= forms.count(False) <= 30 and 10 <= forms.count(True) <= 30
