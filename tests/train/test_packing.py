@@ -14,7 +14,7 @@ from whispertune.data.manifest import Sample, Segment, read_manifest
 from whispertune.train import train
 from whispertune.train.dataset import SpeechDataset
 from whispertune.train.labels import SpecialTokens, build_labels
-from whispertune.train.packing import PARTS, join, pack_samples
+from whispertune.train.packing import GAPS, PARTS, join, pack_samples
 
 
 def _sample(i: int, text: str = "", language: str = "Chinese", **kw) -> Sample:
@@ -42,6 +42,32 @@ def test_consecutive_clips_join_within_the_window_and_keep_their_order():
     # the same seed packs the same way (the encoder cache depends on it)
     again = pack_samples(samples, durations, [10] * 40, 30.0, 448, seed=1)
     assert [p.sentence for p in again] == [p.sentence for p in packed]
+
+
+def test_pauses_sit_between_clips_and_count_against_the_window():
+    samples = [_sample(i, f"句{i}") for i in range(60)]
+    durations = [2.0 + (i % 3) for i in range(60)]
+    packed = pack_samples(samples, durations, [10] * 60, 30.0, 448, seed=3, max_pause=1.0)
+    joined = [p for p in packed if PARTS in p.extra]
+    assert joined
+    flat = [part for p in packed for part in p.extra.get(PARTS, [p])]
+    assert flat == samples
+    all_gaps = [g for p in joined for g in p.extra[GAPS]]
+    assert all(0.0 <= g <= 1.0 for g in all_gaps) and len(set(all_gaps)) > 5  # drawn, not fixed
+    for p in joined:
+        parts, gaps = p.extra[PARTS], p.extra[GAPS]
+        assert len(gaps) == len(parts) - 1
+        lengths = [durations[samples.index(x)] for x in parts]
+        assert p.duration == pytest.approx(sum(lengths) + sum(gaps)) and p.duration <= 30.0
+        # each text starts after the clips and the pauses before it
+        for k, seg in enumerate(p.sentences):
+            assert seg.start == pytest.approx(sum(lengths[:k]) + sum(gaps[:k]))
+            assert seg.end - seg.start == pytest.approx(lengths[k])
+    # without pauses: the windows of runs made before --pack-pause, back to back
+    plain = pack_samples(samples, durations, [10] * 60, 30.0, 448, seed=3)
+    again = pack_samples(samples, durations, [10] * 60, 30.0, 448, seed=3, max_pause=0.0)
+    assert [p.sentence for p in plain] == [p.sentence for p in again]
+    assert all(set(p.extra.get(GAPS, [0.0])) <= {0.0} for p in plain)
 
 
 def test_no_speech_language_change_and_label_budget_break_a_window():
@@ -85,6 +111,21 @@ def test_window_audio_is_the_clips_back_to_back_and_labels_are_timestamped(tiny_
     second_start = round(len(load_audio(parts[0].audio_path)) / SAMPLE_RATE / 0.02) * 0.02
     assert abs((stamps[2] - special.timestamp_begin) * 0.02 - second_start) < 0.05
     assert labels == build_labels(window, tok, special, language="Chinese", timestamps=True)
+
+
+def test_window_audio_has_silence_of_each_pause_and_the_cache_key_sees_it(tiny_model, tmp_path):
+    from whispertune.train.encoder_cache import cache_key
+
+    manifest, samples, window, processor, special = _three_clips_joined(tiny_model, tmp_path)
+    paused = join(samples, [s.duration for s in samples], [0.5, 0.25])
+    o = _opts(tiny_model, manifest, tmp_path / "run")
+    ds = SpeechDataset([paused], processor.feature_extractor, processor.tokenizer, special, o)
+    clips = [load_audio(p.audio_path) for p in samples]
+    silence = [np.zeros(round(g * SAMPLE_RATE), dtype=np.float32) for g in (0.5, 0.25)]
+    expected = np.concatenate([clips[0], silence[0], clips[1], silence[1], clips[2]])
+    np.testing.assert_array_equal(ds.audio(0), expected[: 30 * SAMPLE_RATE])
+    # a cached encoder output of the back-to-back window must not serve the paused one
+    assert cache_key(tmp_path, [paused], 80) != cache_key(tmp_path, [window], 80)
 
 
 def test_by_default_joined_windows_train_both_forms_and_single_clips_stay_plain(

@@ -163,6 +163,14 @@ class TrainOptions:
             "the same cost, see docs/fine-tuning-recipe.md). 0: off"
         },
     )
+    pack_pause: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --pack-seconds: put a silence of 0 to this many seconds (drawn per "
+            "pause) between joined clips, as a continuous recording pauses between "
+            "sentences. 0: clips back to back"
+        },
+    )
     # --- data filters
     min_duration: float = field(default=0.5, metadata={"help": "skip clips shorter (s)"})
     max_duration: float = field(default=30.0, metadata={"help": "skip clips longer (s)"})

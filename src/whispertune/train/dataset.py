@@ -23,7 +23,7 @@ from whispertune.errors import UserError
 from whispertune.train.augment import Augmenter
 from whispertune.train.config import TrainOptions
 from whispertune.train.labels import SpecialTokens, build_labels
-from whispertune.train.packing import PARTS
+from whispertune.train.packing import GAPS, PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,12 @@ class SpeechDataset(torch.utils.data.Dataset):
             pieces = [load_audio(p.audio_path, p.start_time, p.end_time) for p in parts]
         except AudioError as e:
             raise UserError(f"line {s.line}: {e}") from e
+        if len(pieces) > 1:  # a packed window: the pauses between its clips are silence
+            joined = [pieces[0]]
+            gaps = s.extra.get(GAPS) or [0.0] * (len(pieces) - 1)
+            for gap, piece in zip(gaps, pieces[1:], strict=True):
+                joined += [np.zeros(round(gap * SAMPLE_RATE), dtype=piece.dtype), piece]
+            pieces = joined
         audio = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         if self.augmenter is not None:
             audio = self.augmenter(audio, self.rng(index))

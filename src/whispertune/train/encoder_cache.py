@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whispertune.train.packing import PARTS
+from whispertune.train.packing import GAPS, PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def cache_key(model_dir: Path, samples: list, n_mels: int, trained_layers: int =
         for part in s.extra.get(PARTS, [s]):  # a joined window: every clip in it
             digest.update(f"{part.audio_path}:{part.start_time}:{part.end_time}".encode())
         if PARTS in s.extra:
-            digest.update(b"|")
+            digest.update(f"|{s.extra.get(GAPS)}".encode())  # the pauses change the audio too
     digest.update(str(n_mels).encode())
     return digest.hexdigest()[:16]
 

@@ -260,14 +260,22 @@ class Trainer:
         """Join consecutive clips into windows of up to --pack-seconds (see packing.py)."""
         o = self.o
         packed = pack_samples(
-            self.samples, durations, self.lengths, o.pack_seconds, o.max_label_tokens, o.seed
+            self.samples,
+            durations,
+            self.lengths,
+            o.pack_seconds,
+            o.max_label_tokens,
+            o.seed,
+            max_pause=o.pack_pause,
         )
         self.lengths = [label_length(s, o, tokenizer, self.special) for s in packed]
         logger.info(
-            "%d clips joined into %d training windows of up to %g s (--pack-seconds)",
+            "%d clips joined into %d training windows of up to %g s (--pack-seconds), "
+            "pauses of up to %g s between clips (--pack-pause)",
             len(self.samples),
             len(packed),
             o.pack_seconds,
+            o.pack_pause,
         )
         self.samples = packed
 

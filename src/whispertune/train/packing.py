@@ -7,9 +7,11 @@ session) gives the encoder layers real speech across the whole window, as in lon
 transcription, for about a fifth of the encoder passes. Window lengths are drawn at random
 (seeded), so single clips padded as at inference stay in the mix.
 
-The joined sample carries its parts in ``extra[PARTS]``; its ``sentences`` are the parts'
-texts at their offsets, so ``--timestamps`` trains timestamped 30 s windows as Whisper's own
-long-form decoding reads them.
+The joined sample carries its parts in ``extra[PARTS]`` and the silences between them in
+``extra[GAPS]``; its ``sentences`` are the parts' texts at their offsets, so ``--timestamps``
+trains timestamped 30 s windows as Whisper's own long-form decoding reads them. The silences
+(``--pack-pause``) are there because a continuous recording pauses between sentences, and
+clips joined back to back never show the model such a pause inside a window.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from whispertune.data.manifest import Sample, Segment
 from whispertune.languages import NO_SPACE_LANGUAGES, language_code
 
 PARTS = "packed_parts"
+GAPS = "packed_gaps"  # seconds of silence after each part but the last
 
 
 def _segments(part: Sample, offset: float, duration: float) -> list[Segment]:
@@ -29,8 +32,12 @@ def _segments(part: Sample, offset: float, duration: float) -> list[Segment]:
     return [Segment(offset, offset + duration, part.text.strip())]
 
 
-def join(parts: list[Sample], durations: list[float]) -> Sample:
-    """One sample whose audio is ``parts`` back to back."""
+def join(parts: list[Sample], durations: list[float], gaps: list[float] | None = None) -> Sample:
+    """One sample whose audio is ``parts`` in order, ``gaps[i]`` seconds of silence after
+    part ``i`` (back to back without ``gaps``)."""
+    gaps = list(gaps) if gaps is not None else [0.0] * (len(parts) - 1)
+    if len(gaps) != len(parts) - 1:
+        raise ValueError(f"{len(parts)} parts need {len(parts) - 1} gaps, got {len(gaps)}")
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
@@ -38,9 +45,9 @@ def join(parts: list[Sample], durations: list[float]) -> Sample:
     sep = "" if lang and language_code(lang) in NO_SPACE_LANGUAGES else " "
     segments: list[Segment] = []
     offset = 0.0
-    for part, duration in zip(parts, durations, strict=True):
+    for part, duration, gap in zip(parts, durations, [*gaps, 0.0], strict=True):
         segments += _segments(part, offset, duration)
-        offset += duration
+        offset += duration + gap
     return replace(
         first,
         sentence=sep.join(p.text.strip() for p in parts),
@@ -48,7 +55,7 @@ def join(parts: list[Sample], durations: list[float]) -> Sample:
         duration=offset,
         start_time=None,
         end_time=None,
-        extra={**first.extra, PARTS: list(parts)},
+        extra={**first.extra, PARTS: list(parts), GAPS: gaps},
     )
 
 
@@ -59,25 +66,28 @@ def pack_samples(
     max_seconds: float,
     max_label_tokens: int,
     seed: int,
+    max_pause: float = 0.0,
 ) -> list[Sample]:
     """Join runs of consecutive speech clips of one language into windows.
 
     Each window's target length is drawn uniformly from (0, ``max_seconds``]; clips are added
-    while the window stays within it (a clip longer than the target stands alone). No-speech
-    clips stay single: their label is a different form.
+    while the window, pauses included, stays within it (a clip longer than the target stands
+    alone). Each pause is drawn uniformly from [0, ``max_pause``]. No-speech clips stay
+    single: their label is a different form.
     """
     rng = random.Random(f"pack:{seed}")
     out: list[Sample] = []
     parts: list[Sample] = []
     part_durations: list[float] = []
+    gaps: list[float] = []
     tokens = 0
     target = rng.uniform(0, max_seconds)
 
     def flush() -> None:
-        nonlocal parts, part_durations, tokens, target
+        nonlocal parts, part_durations, gaps, tokens, target
         if parts:
-            out.append(join(parts, part_durations))
-        parts, part_durations, tokens = [], [], 0
+            out.append(join(parts, part_durations, gaps))
+        parts, part_durations, gaps, tokens = [], [], [], 0
         target = rng.uniform(0, max_seconds)
 
     for sample, duration, n in zip(samples, durations, label_lengths, strict=True):
@@ -85,14 +95,18 @@ def pack_samples(
             flush()
             out.append(sample)
             continue
+        # no draw without pauses: the windows stay those of runs made before --pack-pause
+        gap = rng.uniform(0, max_pause) if parts and max_pause > 0 else 0.0
         fits = (
             parts
             and sample.language == parts[0].language
-            and sum(part_durations) + duration <= target
+            and sum(part_durations) + sum(gaps) + gap + duration <= target
             and tokens + n + 2 <= max_label_tokens  # + a pair of timestamps per part
         )
         if parts and not fits:
             flush()
+        elif parts:
+            gaps.append(gap)
         parts.append(sample)
         part_durations.append(duration)
         tokens += n + 2
