@@ -168,7 +168,9 @@ class TrainOptions:
         metadata={
             "help": "with --pack-seconds: put a silence of 0 to this many seconds (drawn per "
             "pause) between joined clips, as a continuous recording pauses between "
-            "sentences. 0: clips back to back"
+            "sentences. 0: clips back to back, the default: recorded clips begin and end "
+            "with a little quiet already, and 0-1 s more did not help on validation "
+            "(docs/fine-tuning-recipe.md)"
         },
     )
     # --- data filters

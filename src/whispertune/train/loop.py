@@ -270,12 +270,13 @@ class Trainer:
         )
         self.lengths = [label_length(s, o, tokenizer, self.special) for s in packed]
         logger.info(
-            "%d clips joined into %d training windows of up to %g s (--pack-seconds), "
-            "pauses of up to %g s between clips (--pack-pause)",
+            "%d clips joined into %d training windows of up to %g s (--pack-seconds), %s",
             len(self.samples),
             len(packed),
             o.pack_seconds,
-            o.pack_pause,
+            f"up to {o.pack_pause:g} s of silence between clips (--pack-pause)"
+            if o.pack_pause > 0
+            else "clips back to back",
         )
         self.samples = packed
 
