@@ -168,13 +168,12 @@ class SpeechDataset(torch.utils.data.Dataset):
             pieces = [load_audio(p.audio_path, p.start_time, p.end_time) for p in parts]
         except AudioError as e:
             raise UserError(f"line {s.line}: {e}") from e
-        if len(pieces) > 1:  # a packed window: the pauses between its clips are silence
-            joined = [pieces[0]]
-            gaps = s.extra.get(GAPS) or [0.0] * (len(pieces) - 1)
-            for gap, piece in zip(gaps, pieces[1:], strict=True):
+        audio = pieces[0]
+        if len(pieces) > 1:  # a packed window (packing.join): silence for each pause
+            joined = [audio]
+            for gap, piece in zip(s.extra[GAPS], pieces[1:], strict=True):
                 joined += [np.zeros(round(gap * SAMPLE_RATE), dtype=piece.dtype), piece]
-            pieces = joined
-        audio = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            audio = np.concatenate(joined)
         if self.augmenter is not None:
             audio = self.augmenter(audio, self.rng(index))
         return audio[:N_SAMPLES]
