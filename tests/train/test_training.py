@@ -371,3 +371,35 @@ def test_generated_no_speech_clips_join_training(tiny_model, tmp_path, monkeypat
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["train_samples"] == 12  # 10 clips + 2 generated
     assert len(list((tmp_path / "cache" / "no-speech").rglob("*.flac"))) == 2
+
+
+def test_adapter_scale_halves_what_training_changed(tiny_model, tmp_path):
+    """best/ = base + 0.5 x (the trained checkpoint - base), in every merged weight."""
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    from whispertune.train.checkpoint import latest_checkpoint
+
+    manifest = write_manifest(tmp_path / "m.jsonl", 4)
+    o = _opts(tiny_model, manifest, tmp_path / "run", max_steps=4, learning_rate=1e-2)
+    assert o.adapter_scale == 0.5  # the default
+    result = train(o)
+    trained = latest_checkpoint(tmp_path / "run")
+    assert trained is not None and trained.name == "step-0000004"
+
+    def merged(adapter: Path) -> dict[str, torch.Tensor]:
+        base = WhisperForConditionalGeneration.from_pretrained(tiny_model)
+        return PeftModel.from_pretrained(base, adapter).merge_and_unload().state_dict()
+
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_model).state_dict()
+    full, half = merged(trained), merged(result.best_dir)
+    changed = [k for k in base if not torch.equal(full[k], base[k])]
+    assert changed  # training moved the adapted weights
+    for k in base:
+        assert torch.allclose(half[k] - base[k], 0.5 * (full[k] - base[k]), atol=1e-6), k
+    # the checkpoint itself stays at full scale, so a resumed run trains what it trained
+    assert json.loads((trained / "adapter_config.json").read_text())["lora_alpha"] == 16
+    assert json.loads((result.best_dir / "adapter_config.json").read_text())["lora_alpha"] == 8
+
+    with pytest.raises(UserError, match="adapter-scale"):
+        train(_opts(tiny_model, manifest, tmp_path / "bad", adapter_scale=1.5))

@@ -89,7 +89,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{result.status}: {result.steps} steps in {result.seconds / 60:.1f} min; "
               f"{result.train_samples} training samples ({result.filtered})")
         if result.best_metric is not None:
-            print(f"best eval {result.metric_name}: {result.best_metric * 100:.2f} %")
+            scaled = opts.method != "full" and opts.adapter_scale != 1
+            note = f" (adapter at full scale; best/ has it x{opts.adapter_scale:g})"
+            note = note if scaled else ""
+            print(f"best eval {result.metric_name}: {result.best_metric * 100:.2f} %{note}")
         print(f"model: {result.best_dir}")
     return 0
 

@@ -139,13 +139,43 @@ def load_training_state(checkpoint: Path) -> tuple[TrainerState, dict[str, Any]]
     return state, blob
 
 
-def publish_best(run_dir: Path, checkpoint: Path, processor) -> Path:
+def scale_adapter(model_dir: Path, scale: float) -> bool:
+    """Multiply a saved LoRA/AdaLoRA adapter's update by ``scale``, through its alpha.
+
+    Why: the update is ``alpha / r * B @ A`` (AdaLoRA: ``alpha / rank``), so scaling alpha
+    scales the update and nothing else: the model is the base model plus ``scale`` times what
+    training changed (WiSE-FT's weight-space mix of the base and the fine-tuned model). Every
+    loader (merge, the CTranslate2 and GGML converters, peft) reads alpha from this file, so
+    the scale goes wherever the adapter goes. Returns False for a directory without an adapter
+    (full fine-tuning), which is left as it is.
+    """
+    path = model_dir / "adapter_config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text(encoding="utf-8"))
+
+    def scaled(alpha: float) -> float:
+        value = alpha * scale
+        return int(value) if float(value).is_integer() else value
+
+    config["lora_alpha"] = scaled(config["lora_alpha"])
+    config["alpha_pattern"] = {k: scaled(v) for k, v in config.get("alpha_pattern", {}).items()}
+    _replace_text(path, json.dumps(config, indent=2))
+    return True
+
+
+def publish_best(run_dir: Path, checkpoint: Path, processor, adapter_scale: float = 1.0) -> Path:
     """Copy a checkpoint's model files to run_dir/best (atomically), with the processor files
-    so ``best`` is a model directory every command loads."""
+    so ``best`` is a model directory every command loads; an adapter is scaled by
+    ``adapter_scale`` (see :func:`scale_adapter`)."""
     best = run_dir / BEST
     tmp = run_dir / (BEST + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("training_state.pt"))
+    if adapter_scale != 1 and scale_adapter(tmp, adapter_scale):
+        logger.info(
+            "best: %s, its adapter scaled by %g (--adapter-scale)", checkpoint.name, adapter_scale
+        )
     processor.tokenizer.save_pretrained(tmp)
     processor.feature_extractor.save_pretrained(tmp)
     old = run_dir / (BEST + ".old")

@@ -55,6 +55,16 @@ class TrainOptions:
     )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    adapter_scale: float = field(
+        default=0.5,
+        metadata={
+            "help": "the adapter in best/ is the trained one times this (WiSE-FT: half way "
+            "between the base model and the fine-tuned one). The best epoch is still chosen "
+            "at full scale. 0.5 beat 1.0 on both the validation clips and the long-form "
+            "proxy (docs/fine-tuning-recipe.md); 1 keeps the adapter as trained. "
+            "LoRA/AdaLoRA only"
+        },
+    )
     lora_targets: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
         metadata={"help": "module names that get adapters"},

@@ -131,6 +131,11 @@ class Trainer:
             )
         if o.pack_seconds > MAX_TIMESTAMP:
             raise UserError(f"--pack-seconds {o.pack_seconds}: at most {MAX_TIMESTAMP:g} s")
+        if not 0 < o.adapter_scale <= 1:
+            raise UserError(
+                f"--adapter-scale {o.adapter_scale:g}: give a value in (0, 1] "
+                "(1 keeps the adapter as trained)"
+            )
         samples = load_checked_manifest(o.train)
         self.eval_samples = load_checked_manifest(o.eval) if o.eval else []
         self.holdout_count = 0
@@ -518,7 +523,12 @@ class Trainer:
                     window_t = time.perf_counter()  # throughput excludes evaluation time
                     saved_at = self._save()
                     if improved and self.is_main:
-                        ckpt.publish_best(self.run_dir, self._checkpoint_dir(step), self.processor)
+                        ckpt.publish_best(
+                            self.run_dir,
+                            self._checkpoint_dir(step),
+                            self.processor,
+                            o.adapter_scale,
+                        )
                     if (
                         o.early_stopping_patience is not None
                         and self.state.evals_without_improvement >= o.early_stopping_patience
@@ -539,7 +549,9 @@ class Trainer:
             self._save()
         best = self.run_dir / ckpt.BEST
         if self.is_main and (not self.eval_samples or not best.exists()):
-            ckpt.publish_best(self.run_dir, self._checkpoint_dir(self.state.step), self.processor)
+            ckpt.publish_best(
+                self.run_dir, self._checkpoint_dir(self.state.step), self.processor, o.adapter_scale
+            )
         self.acc.wait_for_everyone()
         if self.writer is not None:
             self.writer.close()
