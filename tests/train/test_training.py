@@ -403,3 +403,19 @@ def test_adapter_scale_halves_what_training_changed(tiny_model, tmp_path):
 
     with pytest.raises(UserError, match="adapter-scale"):
         train(_opts(tiny_model, manifest, tmp_path / "bad", adapter_scale=1.5))
+
+
+def test_training_on_from_a_scaled_best_warns(tiny_model, tmp_path, caplog):
+    manifest = write_manifest(tmp_path / "m.jsonl", 4)
+    first = train(_opts(tiny_model, manifest, tmp_path / "run", max_steps=2))
+    with caplog.at_level("WARNING", logger="whispertune.train.model"):
+        second = train(_opts(str(first.best_dir), manifest, tmp_path / "again", max_steps=1))
+    assert "scales it by 0.5 again" in caplog.text
+    assert json.loads((second.best_dir / "adapter_config.json").read_text())["lora_alpha"] == 4
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="whispertune.train.model"):
+        kept = train(
+            _opts(str(first.best_dir), manifest, tmp_path / "kept", max_steps=1, adapter_scale=1)
+        )
+    assert "again" not in caplog.text
+    assert json.loads((kept.best_dir / "adapter_config.json").read_text())["lora_alpha"] == 8

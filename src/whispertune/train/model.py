@@ -124,6 +124,15 @@ def _with_adapter(model, source: ModelSource, options: TrainOptions, total_steps
     from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 
     if source.adapter_dir is not None:  # continue training an existing adapter
+        if options.adapter_scale != 1:
+            # a run's best/ is already scaled: scaling it again would shrink what it learned
+            logger.warning(
+                "%s is trained further as it is saved (a run's best/ is already scaled); "
+                "best/ of this run scales it by %g again: --adapter-scale 1 keeps it, "
+                "--resume continues a run from its full-scale checkpoint",
+                source.adapter_dir,
+                options.adapter_scale,
+            )
         return PeftModel.from_pretrained(model, source.adapter_dir, is_trainable=True)
     targets = lora_target_modules(options, model.config.encoder_layers)
     if options.method == "lora":
