@@ -419,3 +419,48 @@ def test_training_on_from_a_scaled_best_warns(tiny_model, tmp_path, caplog):
         )
     assert "again" not in caplog.text
     assert json.loads((kept.best_dir / "adapter_config.json").read_text())["lora_alpha"] == 8
+
+
+def test_best_is_the_average_of_the_best_and_the_newest_checkpoints(tiny_model, tmp_path):
+    """With an eval set, best/ = base + 0.5 x mean(checkpoint_i - base) over the best
+    checkpoint and the newest others, exactly; the run scores best/ as published."""
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    manifest = write_manifest(tmp_path / "m.jsonl", 4)
+    held = write_manifest(tmp_path / "eval.jsonl", 2, start=4)
+    o = _opts(
+        tiny_model, manifest, tmp_path / "run", max_steps=5, learning_rate=1e-2,
+        eval=held, eval_steps=1, save_total_limit=3,
+    )
+    assert o.average_checkpoints == 3  # the default
+    result = train(o)
+    assert result.best_step in result.averaged_steps and len(result.averaged_steps) == 3
+    assert result.published_metric is not None
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    assert [r["best_dir_cer"] for r in records if "best_dir_cer" in r] == [
+        result.published_metric
+    ]
+    config = json.loads((result.best_dir / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (24, 24)  # rank 3 x 8, alpha/r x 0.5
+
+    def merged(adapter: Path) -> dict[str, torch.Tensor]:
+        base = WhisperForConditionalGeneration.from_pretrained(tiny_model)
+        return PeftModel.from_pretrained(base, adapter).merge_and_unload().state_dict()
+
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_model).state_dict()
+    parts = [merged(tmp_path / f"run/checkpoints/step-{s:07d}") for s in result.averaged_steps]
+    published = merged(result.best_dir)
+    changed = [k for k in base if not torch.equal(parts[0][k], parts[-1][k])]
+    assert changed  # the checkpoints differ, so the mean is not any one of them
+    for k in base:
+        mean = sum(p[k] - base[k] for p in parts) / len(parts)
+        assert torch.allclose(published[k] - base[k], 0.5 * mean, atol=1e-6), k
+
+    # 1: best/ is the best checkpoint alone (scaled)
+    single = train(
+        _opts(tiny_model, manifest, tmp_path / "one", max_steps=3, eval=held, eval_steps=1,
+              average_checkpoints=1)
+    )
+    assert single.averaged_steps == []
+    assert json.loads((single.best_dir / "adapter_config.json").read_text())["r"] == 8

@@ -70,6 +70,9 @@ class _Bar:
         elif kind == "step" and self.bar is not None:
             self.bar.update(event["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+        elif kind == "eval" and self.bar is not None and event.get("published"):
+            self.bar.write(f"best/ as published: eval {event['metric']} "
+                           f"{event['value'] * 100:.2f} %")
         elif kind == "eval" and self.bar is not None:
             self.bar.write(f"step {event['step']}: eval {event['metric']} "
                            f"{event['value'] * 100:.2f} % (best {event['best'] * 100:.2f} %)")
@@ -89,10 +92,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{result.status}: {result.steps} steps in {result.seconds / 60:.1f} min; "
               f"{result.train_samples} training samples ({result.filtered})")
         if result.best_metric is not None:
-            scaled = opts.method != "full" and opts.adapter_scale != 1
-            note = f" (adapter at full scale; best/ has it x{opts.adapter_scale:g})"
-            note = note if scaled else ""
-            print(f"best eval {result.metric_name}: {result.best_metric * 100:.2f} %{note}")
+            metric = result.metric_name
+            print(f"best checkpoint (step {result.best_step}): eval {metric} "
+                  f"{result.best_metric * 100:.2f} %")
+        if result.published_metric is not None:
+            made = []
+            if result.averaged_steps:
+                made.append("average of steps " + ", ".join(map(str, result.averaged_steps)))
+            if opts.method != "full" and opts.adapter_scale != 1:
+                made.append(f"adapter x{opts.adapter_scale:g}")
+            print(f"best/ ({'; '.join(made)}): eval {result.metric_name} "
+                  f"{result.published_metric * 100:.2f} %")
         print(f"model: {result.best_dir}")
     return 0
 

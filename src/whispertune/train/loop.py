@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ class TrainResult:
     train_samples: int
     filtered: str
     seconds: float
+    best_step: int | None = None
+    averaged_steps: list[int] = field(default_factory=list)  # best/ = their adapters' mean
+    published_metric: float | None = None  # best/ as published (averaged, scaled), on --eval
 
 
 def _prepare_run_dir(run_dir: Path, options: TrainOptions, is_main: bool) -> Path | None:
@@ -548,10 +551,15 @@ class Trainer:
         if saved_at != self.state.step:
             self._save()
         best = self.run_dir / ckpt.BEST
+        published_metric, averaged = None, []
         if self.is_main and (not self.eval_samples or not best.exists()):
             ckpt.publish_best(
                 self.run_dir, self._checkpoint_dir(self.state.step), self.processor, o.adapter_scale
             )
+        elif self.is_main and status != "cancelled":
+            averaged = self._publish_average()
+            if averaged or (o.method != "full" and o.adapter_scale != 1):
+                published_metric = self._evaluate_published(best)
         self.acc.wait_for_everyone()
         if self.writer is not None:
             self.writer.close()
@@ -566,6 +574,9 @@ class Trainer:
             train_samples=len(self.samples),
             filtered=self.filter_report.summary(),
             seconds=time.perf_counter() - start,
+            best_step=self.state.best_step,
+            averaged_steps=[int(p.name.split("-")[1]) for p in averaged],
+            published_metric=published_metric,
         )
 
     # ------------------------------------------------------- eval, save, log
@@ -646,6 +657,74 @@ class Trainer:
             )
         improved = bool(self._broadcast(improved))
         return improved
+
+    def _publish_average(self) -> list[Path]:
+        """Publish best/ as the average of the best checkpoint's adapter and the newest other
+        checkpoints' (``--average-checkpoints``); the checkpoints used, or [] when it was not
+        averaged (see :func:`checkpoint.average_adapters` for why)."""
+        o = self.o
+        if o.average_checkpoints <= 1 or self.state.best_step is None:
+            return []
+        if o.method != "lora":
+            logger.info("--average-checkpoints: LoRA only; best/ is the best %s epoch", o.method)
+            return []
+        best_ckpt = self._checkpoint_dir(self.state.best_step)
+        root = self.run_dir / ckpt.CHECKPOINTS
+        others = sorted(
+            (p for p in root.glob("step-*") if p.is_dir() and p.suffix != ".tmp"),
+            reverse=True,
+        )
+        others = [p for p in others if p != best_ckpt][: o.average_checkpoints - 1]
+        if len(others) < o.average_checkpoints - 1:
+            logger.warning(
+                "--average-checkpoints %d: only %d checkpoint(s) besides the best are kept "
+                "(raise --save-total-limit); averaging %d",
+                o.average_checkpoints,
+                len(others),
+                len(others) + 1,
+            )
+        if not others or not best_ckpt.is_dir():
+            return []
+        ckpt.publish_best(
+            self.run_dir, best_ckpt, self.processor, o.adapter_scale, average_with=others
+        )
+        # publish_best leaves best/ unaveraged where the identity does not hold (DoRA, ...)
+        def rank(d: Path) -> int | None:
+            return json.loads((d / "adapter_config.json").read_text("utf-8")).get("r")
+
+        if rank(self.run_dir / ckpt.BEST) == rank(best_ckpt):
+            return []
+        return sorted([best_ckpt, *others])
+
+    def _evaluate_published(self, best: Path) -> float | None:
+        """Score best/ as users will load it (averaged and scaled), so the figure the run
+        reports is the published model's, not only the full-scale best epoch's."""
+        from whispertune.models.loading import load_transformers
+
+        self.progress({"kind": "status", "message": "evaluating best/"})
+        t = time.perf_counter()
+        loaded = load_transformers(str(best), device=str(self.acc.device))
+        rate = evaluate_model(
+            loaded.model,
+            self.processor,
+            self.eval_samples,
+            self.o,
+            self.metric_name,
+            device=self.acc.device,
+            style=self.output_style,
+        )
+        del loaded
+        record = {
+            "step": self.state.step,
+            f"best_dir_{self.metric_name}": rate,
+            "eval_seconds": time.perf_counter() - t,
+        }
+        self._log(record)
+        self.progress(
+            {"kind": "eval", "step": self.state.step, "metric": self.metric_name,
+             "value": rate, "best": self.state.best_metric, "published": True}
+        )
+        return rate
 
     def _broadcast(self, value: Any) -> Any:
         if self.acc.num_processes == 1:
