@@ -703,7 +703,9 @@ class Trainer:
 
         self.progress({"kind": "status", "message": "evaluating best/"})
         t = time.perf_counter()
-        loaded = load_transformers(str(best), device=str(self.acc.device))
+        # a second copy of the model: in the training precision on a GPU, where memory is short
+        dtype = self.o.precision if self.acc.device.type == "cuda" else "fp32"
+        loaded = load_transformers(str(best), dtype=dtype, device=str(self.acc.device))
         rate = evaluate_model(
             loaded.model,
             self.processor,
@@ -714,6 +716,8 @@ class Trainer:
             style=self.output_style,
         )
         del loaded
+        if self.acc.device.type == "cuda":
+            torch.cuda.empty_cache()
         record = {
             "step": self.state.step,
             f"best_dir_{self.metric_name}": rate,
