@@ -115,11 +115,17 @@ def save_checkpoint(
     return final
 
 
+def completed_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first (step numbers are zero-padded)."""
+    root = run_dir / CHECKPOINTS
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and p.suffix != ".tmp")
+
+
 def prune_checkpoints(run_dir: Path, keep: int, best_step: int | None) -> None:
     root = run_dir / CHECKPOINTS
     for stale in root.glob("*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
-    done = sorted(p for p in root.glob("step-*") if p.is_dir())
+    done = completed_checkpoints(run_dir)
     protected = {f"step-{best_step:07d}"} if best_step is not None else set()
     removable = [p for p in done if p.name not in protected]
     for p in removable[: max(0, len(removable) - max(1, keep))]:
@@ -221,20 +227,20 @@ def publish_best(
     processor,
     adapter_scale: float = 1.0,
     average_with: list[Path] | None = None,
-) -> Path:
+) -> list[Path]:
     """Copy a checkpoint's model files to run_dir/best (atomically), with the processor files
     so ``best`` is a model directory every command loads; an adapter is averaged with those of
     ``average_with`` (see :func:`average_adapters`), then scaled by ``adapter_scale`` (see
-    :func:`scale_adapter`)."""
+    :func:`scale_adapter`). Returns the checkpoints best/ is made of: ``checkpoint`` alone
+    where the adapter was not averaged."""
     best = run_dir / BEST
     tmp = run_dir / (BEST + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("training_state.pt"))
+    made_of = [checkpoint]
     if average_with and average_adapters(tmp, average_with):
-        logger.info(
-            "best: the average of %s",
-            ", ".join(p.name for p in [checkpoint, *average_with]),
-        )
+        made_of += average_with
+        logger.info("best: the average of %s", ", ".join(p.name for p in made_of))
     if adapter_scale != 1 and scale_adapter(tmp, adapter_scale):
         logger.info(
             "best: %s, its adapter scaled by %g (--adapter-scale)", checkpoint.name, adapter_scale
@@ -247,4 +253,4 @@ def publish_best(
         os.replace(best, old)
     os.replace(tmp, best)
     shutil.rmtree(old, ignore_errors=True)
-    return best
+    return made_of

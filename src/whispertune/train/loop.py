@@ -616,21 +616,25 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)):
                     self.writer.add_scalar(k, v, record["step"])
 
+    def _score(self, model) -> float:
+        """The eval set's CER/WER for ``model``, decoded as the run's evaluations decode."""
+        return evaluate_model(
+            model,
+            self.processor,
+            self.eval_samples,
+            self.o,
+            self.metric_name,
+            device=self.acc.device,
+            style=self.output_style,
+        )
+
     def _evaluate(self) -> bool:
         """Score the eval set with generate (rank 0); True when the metric improved."""
         improved = False
         if self.is_main:
             self.progress({"kind": "status", "message": "evaluating"})
             t = time.perf_counter()
-            rate = evaluate_model(
-                self.acc.unwrap_model(self.model),
-                self.processor,
-                self.eval_samples,
-                self.o,
-                self.metric_name,
-                device=self.acc.device,
-                style=self.output_style,
-            )
+            rate = self._score(self.acc.unwrap_model(self.model))
             self.model.train()
             s = self.state
             improved = s.best_metric is None or rate < s.best_metric
@@ -669,12 +673,8 @@ class Trainer:
             logger.info("--average-checkpoints: LoRA only; best/ is the best %s epoch", o.method)
             return []
         best_ckpt = self._checkpoint_dir(self.state.best_step)
-        root = self.run_dir / ckpt.CHECKPOINTS
-        others = sorted(
-            (p for p in root.glob("step-*") if p.is_dir() and p.suffix != ".tmp"),
-            reverse=True,
-        )
-        others = [p for p in others if p != best_ckpt][: o.average_checkpoints - 1]
+        newest_first = reversed(ckpt.completed_checkpoints(self.run_dir))
+        others = [p for p in newest_first if p != best_ckpt][: o.average_checkpoints - 1]
         if len(others) < o.average_checkpoints - 1:
             logger.warning(
                 "--average-checkpoints %d: only %d checkpoint(s) besides the best are kept "
@@ -685,18 +685,13 @@ class Trainer:
             )
         if not others or not best_ckpt.is_dir():
             return []
-        ckpt.publish_best(
+        made_of = ckpt.publish_best(
             self.run_dir, best_ckpt, self.processor, o.adapter_scale, average_with=others
         )
         # publish_best leaves best/ unaveraged where the identity does not hold (DoRA, ...)
-        def rank(d: Path) -> int | None:
-            return json.loads((d / "adapter_config.json").read_text("utf-8")).get("r")
+        return sorted(made_of) if len(made_of) > 1 else []
 
-        if rank(self.run_dir / ckpt.BEST) == rank(best_ckpt):
-            return []
-        return sorted([best_ckpt, *others])
-
-    def _evaluate_published(self, best: Path) -> float | None:
+    def _evaluate_published(self, best: Path) -> float:
         """Score best/ as users will load it (averaged and scaled), so the figure the run
         reports is the published model's, not only the full-scale best epoch's."""
         from whispertune.models.loading import load_transformers
@@ -706,15 +701,7 @@ class Trainer:
         # a second copy of the model: in the training precision on a GPU, where memory is short
         dtype = self.o.precision if self.acc.device.type == "cuda" else "fp32"
         loaded = load_transformers(str(best), dtype=dtype, device=str(self.acc.device))
-        rate = evaluate_model(
-            loaded.model,
-            self.processor,
-            self.eval_samples,
-            self.o,
-            self.metric_name,
-            device=self.acc.device,
-            style=self.output_style,
-        )
+        rate = self._score(loaded.model)
         del loaded
         if self.acc.device.type == "cuda":
             torch.cuda.empty_cache()
