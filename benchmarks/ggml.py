@@ -67,7 +67,7 @@ def run_one(
     if runner == PEER:
         import torch
 
-        from whispertune.backends.base import create_transcriber
+        from whispertune.backends import create_transcriber
 
         torch.set_num_threads(threads)
         tr = create_transcriber(model, "transformers", threads=threads)

@@ -81,7 +81,7 @@ def score(
     from whispertune.evaluate import EvaluateOptions, evaluate
 
     options = EvaluateOptions(manifest=manifest, model=model, backend=backend)
-    options.compute_type = "int8" if backend == "ct2" else "float32"
+    options.load.compute_type = "int8" if backend == "ct2" else "float32"
     options.decode.beam_size = beam
     if beam == 1:  # plain greedy, as the issue's baseline: no temperature fallback
         options.decode.temperatures = [0.0]
@@ -93,7 +93,7 @@ def score(
 
 def hallucinations(model: str) -> tuple[int, int, list[str]]:
     """Clips (of 20) with no text: through transcribe (VAD on), and with the VAD off."""
-    from whispertune.backends.base import create_transcriber
+    from whispertune.backends import create_transcriber
     from whispertune.transcribe import LongFormOptions, Pipeline
 
     transcriber = create_transcriber(model, "ct2")
@@ -113,7 +113,7 @@ def hallucinations(model: str) -> tuple[int, int, list[str]]:
 
 
 def longform_cer(model: str, numerals: str, rescore: bool = True) -> float:
-    from whispertune.backends.base import DecodeOptions, create_transcriber
+    from whispertune.backends import DecodeOptions, create_transcriber
     from whispertune.evaluate import score_pairs
     from whispertune.text import normalize
     from whispertune.transcribe import Pipeline

@@ -19,11 +19,11 @@ from whispertune.audio import AudioError, load_audio
 from whispertune.backends import DecodeOptions, create_transcriber
 from whispertune.cli import main
 from whispertune.errors import UserError
+from whispertune.progress import Cancelled
 from whispertune.transcribe import (
     AudioStream,
     LongFormOptions,
     Pipeline,
-    TranscriptionCancelled,
 )
 
 CLIP = "src/whispertune/samples/aishell_s0150/clips/BAC009S0150W0445.opus"
@@ -147,7 +147,7 @@ def test_cancel_stops_between_batches(tiny, speech_wav):
     first = next(iter(run))
     assert first.id == 1
     cancel.set()
-    with pytest.raises(TranscriptionCancelled):
+    with pytest.raises(Cancelled):
         list(run)
 
 

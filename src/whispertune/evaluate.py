@@ -19,16 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from whispertune.audio import SAMPLE_RATE, AudioError, load_audio
-from whispertune.backends.base import (
-    DecodeOptions,
-    Transcriber,
-    Transcript,
-    backend_field,
-    compute_type_field,
-    create_transcriber,
-    join_texts,
-    model_field,
-)
+from whispertune.backends import ModelOptions, create_transcriber
+from whispertune.backends.base import DecodeOptions, Transcriber, Transcript, join_texts
 from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
 from whispertune.languages import NO_SPACE_LANGUAGES, language_code
@@ -47,9 +39,7 @@ PACK_LIMIT = 28.0
 @dataclass
 class EvaluateOptions:
     manifest: Path = field(metadata={"help": "JSONL manifest to score (audio + reference text)"})
-    model: str = model_field()
-    backend: str = backend_field()
-    compute_type: str = compute_type_field()
+    load: ModelOptions = field(default_factory=ModelOptions)
     metric: str = field(
         default="auto",
         metadata={
@@ -62,7 +52,6 @@ class EvaluateOptions:
         metadata={"help": "write per-utterance results (ref, hyp, errors) as JSONL, worst first"},
     )
     limit: int | None = field(default=None, metadata={"help": "score only the first N clips"})
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
     pack: bool = field(
         default=False,
         metadata={
@@ -182,9 +171,7 @@ def evaluate(
         raise UserError(f"{options.manifest}: no samples to evaluate")
     metric = _choose_metric(options.metric, samples, options.decode.language)
     english = metric == "wer"
-    transcriber = create_transcriber(
-        options.model, options.backend, compute_type=options.compute_type, threads=options.threads
-    )
+    transcriber = create_transcriber(options.load)
     decode = options.decode
     if decode.language and decode.language.strip().lower() == "auto":
         decode = replace(decode, language=None)
@@ -258,8 +245,8 @@ def evaluate(
         clips=len(results),
         audio_seconds=audio_seconds,
         wall_seconds=wall,
-        model=options.model,
-        backend=options.backend,
+        model=options.load.model,
+        backend=options.load.backend,
         utterances=results,
     )
     if options.output is not None:

@@ -36,21 +36,19 @@ from pathlib import Path
 import numpy as np
 
 from whispertune.audio import SAMPLE_RATE, AudioError
+from whispertune.backends import ModelOptions, create_transcriber
 from whispertune.backends.base import (
     CHUNK_SECONDS,
     DecodeOptions,
     Transcriber,
     Transcript,
     Word,
-    backend_field,
-    compute_type_field,
-    create_transcriber,
     join_texts,
-    model_field,
 )
 from whispertune.errors import UserError
 from whispertune.formats import FORMATS
 from whispertune.languages import language_code
+from whispertune.progress import Cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +58,6 @@ WINDOW = int(CHUNK_SECONDS * SAMPLE_RATE)
 MIN_TAIL_SECONDS = 0.2
 
 Progress = Callable[[float, float | None], None]
-
-
-class TranscriptionCancelled(UserError):
-    """The cancel event was set; the segments yielded so far stand."""
 
 
 @dataclass
@@ -119,10 +113,7 @@ class TranscribeOptions:
             "help": "audio or video files, any length, any format FFmpeg reads",
         }
     )
-    model: str = model_field()
-    backend: str = backend_field()
-    compute_type: str = compute_type_field()
-    threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
+    load: ModelOptions = field(default_factory=ModelOptions)
     output_dir: Path = field(
         default=Path("."), metadata={"help": "folder for the output files (created)"}
     )
@@ -412,13 +403,8 @@ class Pipeline:
 
     @classmethod
     def from_options(cls, options: TranscribeOptions) -> Pipeline:
-        transcriber = create_transcriber(
-            options.model,
-            options.backend,
-            compute_type=options.compute_type,
-            threads=options.threads,
-        )
-        return cls(transcriber, options.decode, options.long_form, model=options.model)
+        transcriber = create_transcriber(options.load)
+        return cls(transcriber, options.decode, options.long_form, model=options.load.model)
 
     def stream(
         self,
@@ -430,7 +416,7 @@ class Pipeline:
 
         Bad files fail here, before any decoding (AudioError). ``progress(done_s, total_s)``
         is called after each decoded batch; ``cancel`` stops between batches by raising
-        TranscriptionCancelled from the iteration.
+        Cancelled from the iteration.
         """
         source = AudioStream(audio, block_seconds=CHUNK_SECONDS)
         info = TranscriptionInfo(
@@ -474,7 +460,7 @@ class Pipeline:
         an English long-form file); the caller then decodes from there again.
         """
         if cancel is not None and cancel.is_set():
-            raise TranscriptionCancelled("transcription cancelled")
+            raise Cancelled("transcription cancelled", state="partial")
         options = replace(self.decode, language=info.language)
         out = self.transcriber.transcribe_clips(
             audios,
@@ -876,7 +862,7 @@ def transcribe(
     """Transcribe every file of ``options.audio`` and write the chosen formats.
 
     A file that cannot be read is reported in its FileOutcome (``error``) and the others
-    still run; a cancelled run raises TranscriptionCancelled. ``progress(done_s, total_s)``
+    still run; a cancelled run raises Cancelled. ``progress(done_s, total_s)``
     counts audio seconds over all files; ``on_segment`` sees each segment as it is decoded.
     """
     from whispertune.formats import output_stems, write_outputs
@@ -920,7 +906,7 @@ def transcribe(
                     segments.append(seg)
                     if on_segment is not None:
                         on_segment(path, run.info, seg)
-            except TranscriptionCancelled:
+            except Cancelled:
                 raise
             except AudioError as e:  # damaged in the middle: keep going with the next file
                 outcomes.append(FileOutcome(path, error=str(e)))

@@ -157,7 +157,7 @@ def greedy_options(language: str, **extra):
 
 
 def hf_greedy(model: str | Path, audios, language: str):
-    from whispertune.backends.base import create_transcriber
+    from whispertune.backends import create_transcriber
 
     tr = create_transcriber(str(model), "transformers", threads=2)
     try:
@@ -460,7 +460,7 @@ def base_clips(shared_data):
 @pytest.fixture(scope="module")
 def base_reference(base_clips):
     """The transformers backend's greedy transcripts of the built-in base (one model load)."""
-    from whispertune.backends.base import create_transcriber
+    from whispertune.backends import create_transcriber
 
     tr = create_transcriber("builtin:base", "transformers", threads=2)
     try:

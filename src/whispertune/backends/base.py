@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from whispertune.audio import SAMPLE_RATE
 from whispertune.errors import UserError
 from whispertune.output_style import (
     NUMERAL_CHOICES,
@@ -25,9 +26,6 @@ from whispertune.output_style import (
     style_transcripts,
 )
 
-BACKENDS = ("ct2", "transformers")
-
-SAMPLE_RATE = 16000
 CHUNK_SECONDS = 30.0  # Whisper's fixed encoder window
 TIME_PRECISION = 0.02  # seconds per timestamp token
 MAX_TARGET_TOKENS = 448  # decoder context: prompt + generated tokens
@@ -193,31 +191,6 @@ class Transcript:
     # from here in the next window.
     consumed: float | None = None
     silence: bool = False  # dropped by the no-speech guard
-
-
-def model_field():
-    """The ``--model`` option of every command that decodes (one definition, one help text)."""
-    return field(
-        default="builtin:base",
-        metadata={
-            "help": "model: builtin:base, a local directory (transformers, adapter or "
-            "CTranslate2) or a hub id"
-        },
-    )
-
-
-def backend_field():
-    return field(default="ct2", metadata={"help": "inference runtime", "choices": list(BACKENDS)})
-
-
-def compute_type_field():
-    return field(
-        default="int8",
-        metadata={
-            "help": "ct2: int8, int8_float32, float32, float16...; transformers: "
-            "float32 or bfloat16 (int8 means float32 there)"
-        },
-    )
 
 
 class Transcriber(ABC):
@@ -474,31 +447,3 @@ def normalized_guards(options: DecodeOptions) -> DecodeOptions:
         log_prob_threshold=finite_or_none(options.log_prob_threshold),
         no_speech_threshold=finite_or_none(options.no_speech_threshold),
     )
-
-
-def create_transcriber(
-    model: str,
-    backend: str = "ct2",
-    *,
-    compute_type: str = "int8",
-    threads: int = 0,
-    device: str = "cpu",
-    workers: int = 0,
-) -> Transcriber:
-    """A backend for any model spec (see whispertune.models.sources).
-
-    ``workers`` (ct2; 0 = auto) is how many parts of a batch are decoded at once, sharing the
-    ``threads`` (CTranslate2's inter_threads and intra_threads).
-    """
-    if backend == "ct2":
-        from whispertune.backends.ct2 import CT2Transcriber
-
-        return CT2Transcriber(
-            model, compute_type=compute_type, threads=threads, device=device, workers=workers
-        )
-    if backend == "transformers":
-        from whispertune.backends.hf import HFTranscriber
-
-        dtype = compute_type if compute_type in ("float32", "bfloat16", "float16") else "float32"
-        return HFTranscriber(model, dtype=dtype, threads=threads, device=device)
-    raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")

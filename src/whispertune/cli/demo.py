@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             "language": "zh",
         },
     )
-    print(f"model: {opts.model}   data: {manifest} (Mandarin, AISHELL-1 S0150)")
+    print(f"model: {opts.load.model}   data: {manifest} (Mandarin, AISHELL-1 S0150)")
     with progress_bar("transcribing") as progress:
         report = evaluate(opts, progress=progress)
     print_report(report)

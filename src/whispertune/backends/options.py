@@ -1,0 +1,37 @@
+"""Which model to load and how: the options every command that decodes shares.
+
+A dataclass (not three field helpers) so that the CLI flags, config files, the web UI's forms
+and :func:`whispertune.api.load_model` read one definition of ``--model``, ``--backend``,
+``--compute-type`` and ``--threads``. Importing it loads no runtime (``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BACKENDS = ("ct2", "transformers")
+
+
+@dataclass
+class ModelOptions:
+    model: str = field(
+        default="builtin:base",
+        metadata={
+            "help": "model: builtin:base, builtin:tiny.en, a local directory (transformers, "
+            "LoRA/AdaLoRA adapter such as runs/x/best, or CTranslate2) or a hub id"
+        },
+    )
+    backend: str = field(
+        default="ct2", metadata={"help": "inference runtime", "choices": list(BACKENDS)}
+    )
+    compute_type: str = field(
+        default="int8",
+        metadata={
+            "help": "ct2: int8, int8_float32, float32, float16...; transformers: "
+            "float32 or bfloat16 (int8 means float32 there)"
+        },
+    )
+    threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
+    device: str = field(
+        default="cpu", metadata={"help": "cpu, cuda or cuda:N", "cli": False}
+    )
