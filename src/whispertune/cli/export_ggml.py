@@ -60,7 +60,7 @@ def register(esub: argparse._SubParsersAction) -> None:
 
 
 def _ggml(args: argparse.Namespace) -> int:
-    with progress_bar("writing tensors", unit="tensor") as progress:
+    with progress_bar("writing tensors") as progress:
         out = export_ggml(
             args.model,
             args.output,
