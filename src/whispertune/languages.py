@@ -1,8 +1,12 @@
-"""Language names and codes as Whisper knows them ("Chinese", "chinese", "zh" all mean zh)."""
+"""Language names and codes as Whisper knows them ("Chinese", "chinese", "zh" all mean zh).
+
+The tables are transformers' (read on first use, not at import: importing transformers takes
+a second, and ``whispertune COMMAND --help`` imports this module through the options).
+"""
 
 from __future__ import annotations
 
-from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+import functools
 
 from whispertune.errors import UserError
 
@@ -15,13 +19,22 @@ class UnknownLanguageError(UserError):
     pass
 
 
+@functools.cache
+def _tables() -> tuple[dict[str, str], dict[str, str]]:
+    """Whisper's code -> name and name/alias -> code tables."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    return LANGUAGES, TO_LANGUAGE_CODE
+
+
 def language_code(name: str) -> str:
     """Whisper's code (``zh``) for a code, an English name or an alias, case-insensitively."""
     key = name.strip().lower()
-    if key in LANGUAGES:
+    languages, to_code = _tables()
+    if key in languages:
         return key
-    if key in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[key]
+    if key in to_code:
+        return to_code[key]
     raise UnknownLanguageError(
         f"unknown language {name!r}: use a Whisper language code (zh, en, de, ...) or its "
         "English name (Chinese, English, German, ...)"
@@ -30,7 +43,7 @@ def language_code(name: str) -> str:
 
 def language_name(code_or_name: str) -> str:
     """The English name Whisper uses (``chinese``) for a code or name."""
-    return LANGUAGES[language_code(code_or_name)]
+    return _tables()[0][language_code(code_or_name)]
 
 
 def is_known_language(name: str) -> bool:
