@@ -11,8 +11,8 @@ import pytest
 from tests.tiny import save_tiny_whisper
 from whispertune import options
 from whispertune.cli import main
-from whispertune.errors import UserError
 from whispertune.evaluate import EvaluateOptions, evaluate, score_pairs
+from whispertune.progress import Cancelled
 
 SAMPLE = "src/whispertune/samples/aishell_s0150/test.jsonl"
 
@@ -48,7 +48,7 @@ def test_tiny_model_runs_end_to_end_on_both_backends(tiny_hf, tmp_path, backend,
         "output": tmp_path / "utt.jsonl",
     })
     seen = []
-    report = evaluate(opts, progress=lambda done, total: seen.append((done, total)))
+    report = evaluate(opts, progress=lambda e: seen.append((e.done, e.total)))
     assert report.clips == 3 and report.metric == "cer"
     assert seen[-1] == (3, 3)
     assert report.error_rate > 0.5  # random weights: nonsense, but scored
@@ -62,7 +62,7 @@ def test_cancel_stops_before_decoding(tiny_hf):
     cancel.set()
     opts = options.build(EvaluateOptions, {"manifest": SAMPLE, "model": str(tiny_hf),
                                            "backend": "transformers"})
-    with pytest.raises(UserError, match="cancelled"):
+    with pytest.raises(Cancelled, match="cancelled"):
         evaluate(opts, cancel=cancel)
 
 
@@ -103,7 +103,7 @@ def test_packed_evaluation_scores_every_clip(tiny_hf, tmp_path, monkeypatch):
         "beam_size": 1, "max_new_tokens": 8, "temperatures": [0.0], "compute_type": "float32",
     })
     seen = []
-    report = evaluate(opts, progress=lambda done, total: seen.append((done, total)))
+    report = evaluate(opts, progress=lambda e: seen.append((e.done, e.total)))
     assert report.clips == 6 and seen[-1] == (6, 6)
     assert all(u.hyp for u in report.utterances)
     assert report.audio_seconds > 20

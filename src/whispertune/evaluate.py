@@ -24,7 +24,9 @@ from whispertune.backends.base import DecodeOptions, Transcriber, Transcript, jo
 from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
 from whispertune.languages import NO_SPACE_LANGUAGES, language_code
-from whispertune.text import NormalizeOptions, for_cer, normalize
+from whispertune.progress import ProgressCallback, Reporter, check_cancel
+from whispertune.text import NormalizeOptions, for_cer
+from whispertune.text import normalize as normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +143,9 @@ def score_pairs(
     return subs, dels, ins, ref_len, per
 
 
-def _choose_metric(metric: str, samples: list[Sample], language: str | None) -> str:
+def choose_metric(metric: str, samples: list[Sample], language: str | None) -> str:
+    """``metric`` itself, or for "auto" CER when every language of the data (``language``, else
+    the samples' own) is written without spaces (zh, ja, th, ...), WER otherwise."""
     if metric != "auto":
         return metric
     langs = [language] if language else [s.language for s in samples if s.language]
@@ -156,25 +160,75 @@ def _choose_metric(metric: str, samples: list[Sample], language: str | None) -> 
 
 def evaluate(
     options: EvaluateOptions,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    *,
+    transcriber: Transcriber | None = None,
 ) -> EvaluationReport:
-    """Decode every clip of the manifest and score it.
+    """Decode every clip of the manifest and score it; write ``options.output`` if given.
 
-    ``progress(done, total)`` is called after each batch (the CLI draws a bar; a server or UI
-    can report it); setting ``cancel`` stops after the current batch with a UserError.
+    ``transcriber``: an already loaded model (``whispertune.api.Model`` keeps one), so that a
+    server, UI or benchmark scores many manifests without reloading; without one the model of
+    ``options.load`` is loaded here and closed at the end. ``progress`` gets one
+    ProgressEvent (stage "evaluate", clips) per batch; a set ``cancel`` raises Cancelled at the
+    next batch and nothing is written.
     """
     samples = read_manifest(options.manifest)
     if options.limit:
         samples = samples[: options.limit]
     if not samples:
         raise UserError(f"{options.manifest}: no samples to evaluate")
-    metric = _choose_metric(options.metric, samples, options.decode.language)
-    english = metric == "wer"
-    transcriber = create_transcriber(options.load)
-    decode = options.decode
+    own = transcriber is None
+    if transcriber is None:
+        check_cancel(cancel, "evaluation")
+        transcriber = create_transcriber(options.load)
+    try:
+        report = evaluate_samples(
+            transcriber,
+            samples,
+            decode=options.decode,
+            normalize=options.normalize,
+            metric=options.metric,
+            pack=options.pack,
+            progress=progress,
+            cancel=cancel,
+            source=str(options.manifest),
+            model=options.load.model,
+        )
+    finally:
+        if own:
+            transcriber.close()
+    if options.output is not None:
+        write_utterances(report, options.output)
+    return report
+
+
+def evaluate_samples(
+    transcriber: Transcriber,
+    samples: list[Sample],
+    *,
+    decode: DecodeOptions | None = None,
+    normalize: NormalizeOptions | None = None,
+    metric: str = "auto",
+    pack: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    source: str = "manifest",
+    model: str = "",
+) -> EvaluationReport:
+    """Decode ``samples`` with a loaded ``transcriber`` and score them: the one evaluation that
+    ``whispertune evaluate``, the facade and the trainer's validation all run.
+
+    A sample's own language is used unless ``decode.language`` is set; clips with neither get
+    their language detected. ``source`` names the manifest in errors (``source:line: ...``).
+    """
+    decode = decode or DecodeOptions()
+    normalize_options = normalize or NormalizeOptions()
     if decode.language and decode.language.strip().lower() == "auto":
         decode = replace(decode, language=None)
+    metric = choose_metric(metric, samples, decode.language)
+    english = metric == "wer"
+    report_progress = Reporter(progress, "evaluate", total=len(samples), unit="clip")
     hyps: dict[int, Transcript] = {}
     audio_seconds = 0.0
     batch = max(1, decode.batch_size)
@@ -184,60 +238,56 @@ def evaluate(
         try:
             return load_audio(s.audio_path, s.start_time, s.end_time)
         except AudioError as e:
-            raise UserError(f"{options.manifest}:{s.line}: {e}") from e
+            raise UserError(f"{source}:{s.line}: {e}") from e
 
     def language_of(s: Sample) -> str | None:
         if decode.language:
-            return None  # options.decode.language applies
+            return None  # decode.language applies
         return s.language
 
-    if options.pack:
+    report_progress(0)
+    if pack:
         audio_seconds = _decode_packed(
-            samples, load, transcriber, decode, language_of, hyps, progress, cancel
+            samples, load, transcriber, decode, language_of, hyps, report_progress, cancel
         )
     else:
         for i in range(0, len(samples), batch):
-            if cancel is not None and cancel.is_set():
-                raise UserError("evaluation cancelled")
+            check_cancel(cancel, "evaluation")
             chunk = samples[i : i + batch]
             audios = [load(s) for s in chunk]
             audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
             langs = [language_of(s) for s in chunk]
             for j, t in enumerate(transcriber.transcribe_clips(audios, decode, langs)):
                 hyps[i + j] = t
-            if progress is not None:
-                progress(min(i + batch, len(samples)), len(samples))
-    if progress is not None:
-        progress(len(samples), len(samples))
+            report_progress(min(i + batch, len(samples)))
+    wall = time.perf_counter() - start
     results: list[UtteranceResult] = []
     for k, s in enumerate(samples):
         t = hyps[k]
-        ref_n = normalize(s.text, options.normalize, english=english)
-        hyp_n = normalize(t.text, options.normalize, english=english)
         results.append(
             UtteranceResult(
                 line=s.line,
                 audio=str(s.audio_path),
                 ref=s.text,
                 hyp=t.text,
-                ref_norm=ref_n,
-                hyp_norm=hyp_n,
+                ref_norm=normalize_text(s.text, normalize_options, english=english),
+                hyp_norm=normalize_text(t.text, normalize_options, english=english),
                 errors=0,
                 ref_len=0,
                 language=t.language,
             )
         )
-    wall = time.perf_counter() - start
-    transcriber.close()
     subs, dels, ins, ref_len, per = score_pairs(
         [r.ref_norm for r in results], [r.hyp_norm for r in results], metric
     )
     for r, e in zip(results, per, strict=True):
         r.errors = e
         r.ref_len = len(_units(r.ref_norm, metric))
-    report = EvaluationReport(
+    error_rate = (subs + dels + ins) / max(1, ref_len)
+    report_progress(len(samples), figures={metric: error_rate})
+    return EvaluationReport(
         metric=metric,
-        error_rate=(subs + dels + ins) / max(1, ref_len),
+        error_rate=error_rate,
         substitutions=subs,
         deletions=dels,
         insertions=ins,
@@ -245,13 +295,10 @@ def evaluate(
         clips=len(results),
         audio_seconds=audio_seconds,
         wall_seconds=wall,
-        model=options.load.model,
-        backend=options.load.backend,
+        model=model,
+        backend=transcriber.name,
         utterances=results,
     )
-    if options.output is not None:
-        write_utterances(report, options.output)
-    return report
 
 
 @dataclass
@@ -307,7 +354,7 @@ def _decode_packed(
     decode: DecodeOptions,
     language_of: Callable[[Sample], str | None],
     hyps: dict[int, Transcript],
-    progress: Callable[[int, int], None] | None,
+    progress: Reporter,
     cancel: threading.Event | None,
 ) -> float:
     """Evaluate with clips packed into 30 s windows; returns the seconds of audio.
@@ -351,13 +398,11 @@ def _decode_packed(
             for (index, _), t in zip(todo, results, strict=True):
                 hyps[index] = t
                 done += 1
-        if progress is not None:
-            progress(done, len(samples))
+        progress(done)
 
     default = language_code(decode.language) if decode.language else None
     for k, s in enumerate(samples):
-        if cancel is not None and cancel.is_set():
-            raise UserError("evaluation cancelled")
+        check_cancel(cancel, "evaluation")
         audio = load(s)
         seconds += len(audio) / SAMPLE_RATE
         lang = language_of(s)
@@ -395,3 +440,6 @@ def write_utterances(report: EvaluationReport, path: Path) -> None:
             row["error_rate"] = round(r.error_rate, 4)
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+_choose_metric = choose_metric  # the trainer's name for it until it calls choose_metric
