@@ -39,12 +39,15 @@ def test_every_command_in_the_table_exists():
 def test_python_api_example_runs_as_written():
     block = re.search(r"## Python API.*?```python\n(.*?)```", README, re.S).group(1)
     manifest = REPO / "src/whispertune/samples/aishell_s0150/test.jsonl"
-    code = block.replace('"test.jsonl"', repr(str(manifest))).replace(
-        '"model": "builtin:base"}', '"model": "builtin:base", "limit": 2, "beam_size": 1}'
-    )
+    clip = REPO / "src/whispertune/samples/aishell_s0150/clips/BAC009S0150W0445.opus"
+    code = block.replace('"test.jsonl"', repr(str(manifest))).replace('"talk.wav"', repr(str(clip)))
+    code = re.sub(r"(model\.evaluate\([^)]*)\)", r"\1, limit=2, beam_size=1)", code)
+    assert code.count("limit=2") == 1 and str(clip) in code
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    metric, rate = out.stdout.split()
+    lines = out.stdout.strip().splitlines()
+    assert re.match(r"\[\d+\.\d\d -> \d+\.\d\d\] \S", lines[0]), lines
+    metric, rate = lines[-1].split()
     assert metric == "cer" and 0.0 <= float(rate) < 0.6
 
 
