@@ -50,6 +50,21 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+# ``build``'s source when the values are the command line's: its errors then name the flag
+# the user typed (``--manifest``), and a config file's errors the key written in it.
+COMMAND_LINE = "command line"
+
+
+def _named(f: dataclasses.Field, source: str) -> str:
+    if source == COMMAND_LINE and not f.metadata.get("positional"):
+        return _flag(f)
+    return f.name
+
+
+def _prefix(source: str) -> str:
+    return "" if source == COMMAND_LINE else f"{source}: "
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = False) -> None:
     """Add one argument per dataclass field of ``cls`` to ``parser``."""
     hints = typing.get_type_hints(cls)
@@ -82,6 +97,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = 
             shown = default if not isinstance(default, Path) else str(default)
             help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
         required = default is _MISSING and not config_file
+        if default is _MISSING and config_file and "required" not in help_text:
+            help_text = f"{help_text} (required: here or in --config)"
         if tp is bool:
             parser.add_argument(
                 _flag(f), action=argparse.BooleanOptionalAction, help=help_text, **kwargs
@@ -166,17 +183,26 @@ def build(cls: type[T], values: dict[str, Any], source: str = "options") -> T:
                 try:
                     value = tp(value)
                 except (TypeError, ValueError) as e:
-                    raise ConfigError(f"{source}: {name} must be a {tp.__name__}: {value!r}") from e
+                    raise ConfigError(
+                        f"{_prefix(source)}{_named(names[name], source)} must be a "
+                        f"{tp.__name__}: {value!r}"
+                    ) from e
             elif typing.get_origin(tp) in (list, tuple) and isinstance(value, str):
                 value = [value]
         choices = names[name].metadata.get("choices")
         if choices and value is not None and value not in choices:
-            raise ConfigError(f"{source}: {name} must be one of {', '.join(map(str, choices))}")
+            raise ConfigError(
+                f"{_prefix(source)}{_named(names[name], source)} must be one of "
+                f"{', '.join(map(str, choices))}"
+            )
         kwargs[name] = value
     kwargs.update(nested)
     missing = [n for n, f in names.items() if _field_default(f) is _MISSING and n not in kwargs]
     if missing:
-        raise ConfigError(f"{source}: missing required option(s): {', '.join(missing)}")
+        raise ConfigError(
+            f"{_prefix(source)}missing required option(s): "
+            + ", ".join(_named(names[n], source) for n in missing)
+        )
     return cls(**kwargs)
 
 
@@ -188,7 +214,7 @@ def from_args(cls: type[T], ns: argparse.Namespace) -> T:
         values.update(load_config_file(config))
     names = option_names(cls)
     values.update({k: v for k, v in vars(ns).items() if k in names})
-    return build(cls, values, source=str(config) if config else "options")
+    return build(cls, values, source=str(config) if config else COMMAND_LINE)
 
 
 def option_names(cls: type) -> set[str]:

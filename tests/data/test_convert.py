@@ -165,6 +165,21 @@ def test_from_tsv_common_voice(common_voice, tmp_path):
     assert samples[0].audio_path.resolve() == (common_voice / "clips" / "one.wav").resolve()
 
 
+def test_from_tsv_keeps_absolute_paths_absolute(tmp_path, make_wav):
+    """A path the table gives absolute is written as given: not made relative to the
+    manifest, and not through a link resolved (``store`` links to ``real``)."""
+    make_wav(tmp_path / "real" / "a.wav", 1.0)
+    (tmp_path / "store").symlink_to(tmp_path / "real")
+    make_wav(tmp_path / "tables" / "b.wav", 1.0)
+    absolute = tmp_path / "store" / "a.wav"
+    table = tmp_path / "tables" / "list.tsv"
+    table.write_text(f"path\tsentence\n{absolute}\tone\nb.wav\ttwo\n", encoding="utf-8")
+    out = tmp_path / "out" / "m.jsonl"
+    manifest_from_table(TableOptions(table=table, output=out))
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["audio"]["path"] for line in lines] == [str(absolute), "../tables/b.wav"]
+
+
 def test_from_csv_with_quotes_audio_dir_and_columns(tmp_path, make_wav):
     audio = tmp_path / "audio"
     make_wav(audio / "x.wav", 1.0)

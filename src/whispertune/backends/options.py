@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from whispertune.models.sources import SourceOptions
+
 BACKENDS = ("ct2", "transformers")
 
 
 @dataclass
-class ModelOptions:
-    model: str = field(
-        default="builtin:base",
-        metadata={
-            "help": "model: builtin:base, builtin:tiny.en, a local directory (transformers, "
-            "LoRA/AdaLoRA adapter such as runs/x/best, or CTranslate2) or a hub id"
-        },
-    )
+class ModelOptions(SourceOptions):
+    """``--model`` (from SourceOptions, shared with export and demo) and how to run it."""
+
     backend: str = field(
         default="ct2", metadata={"help": "inference runtime", "choices": list(BACKENDS)}
     )
@@ -32,6 +29,4 @@ class ModelOptions:
         },
     )
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
-    device: str = field(
-        default="cpu", metadata={"help": "cpu, cuda or cuda:N", "cli": False}
-    )
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N", "cli": False})

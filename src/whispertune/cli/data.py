@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from whispertune.options import add_options, from_args
+from whispertune.cli import data_aishell
+from whispertune.cli._command import add_command, add_group
+from whispertune.options import from_args
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -84,13 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     from whispertune.data.stats import StatsOptions
     from whispertune.data.validate import ValidateOptions
 
-    data = sub.add_parser(
+    data_sub = add_group(
+        sub,
         "data",
         help="check, describe, split and create JSONL manifests",
         description="Work with JSONL manifests: one speech sample a line.",
     )
-    data.set_defaults(func=lambda _args: (data.print_help(), 2)[1])
-    data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
 
     commands = (
         (
@@ -136,13 +137,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     for name, options_cls, func, short, long in commands:
-        parser = data_sub.add_parser(name, help=short, description=long)
-        add_options(parser, options_cls)
-        parser.set_defaults(func=func)
-
-    try:
-        from whispertune.cli import data_aishell
-    except ImportError:
-        pass
-    else:
-        data_aishell.register(data_sub)
+        add_command(data_sub, name, options_cls, func, help=short, description=long)
+    data_aishell.register(data_sub)

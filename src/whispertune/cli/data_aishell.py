@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from whispertune.options import add_options, from_args
+from whispertune.cli._command import add_command
+from whispertune.options import from_args
 
 _DESCRIPTION = """\
 Prepare AISHELL-1 (OpenSLR 33, 178 h of Mandarin read speech, Apache-2.0) for fine-tuning.
@@ -28,14 +29,16 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     """Add the ``aishell`` subcommand to the ``whispertune data`` subparsers."""
     from whispertune.data.aishell import AishellOptions
 
-    parser = data_sub.add_parser(
+    add_command(
+        data_sub,
         "aishell",
+        AishellOptions,
+        run,
         help="prepare AISHELL-1 (OpenSLR 33) as train/dev/test manifests",
         description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        raw_description=True,
+        config_file=True,
     )
-    add_options(parser, AishellOptions)
-    parser.set_defaults(func=run)
 
 
 def _duration(hours: float) -> str:

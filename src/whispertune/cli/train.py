@@ -1,11 +1,9 @@
-"""CLI: ``whispertune train`` -> whispertune.train.train; ``whispertune merge`` ->
-whispertune.merge.merge_adapter."""
+"""CLI: ``whispertune train`` -> whispertune.train.train."""
 
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -35,18 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     options.add_options(p, TrainOptions, config_file=True)
     p.set_defaults(func=_train)
-    m = sub.add_parser(
-        "merge",
-        help="merge a LoRA/AdaLoRA adapter into a plain transformers checkpoint",
-        description="Merge an adapter (e.g. runs/x/best) into its base model and write a full "
-        "checkpoint with tokenizer, preprocessor and generation config.",
-    )
-    m.add_argument("--adapter", required=True, help="adapter directory (e.g. runs/x/best)")
-    m.add_argument("--output", type=Path, required=True, help="directory to write")
-    m.add_argument("--base-model", default=None,
-                   help="base model, if the adapter's recorded base cannot be resolved here")
-    m.add_argument("--force", action="store_true", help="replace an existing output directory")
-    m.set_defaults(func=_merge)
 
 
 class _Bar:
@@ -104,12 +90,4 @@ def _train(args: argparse.Namespace) -> int:
             print(f"best/ ({'; '.join(made)}): eval {result.metric_name} "
                   f"{result.published_metric * 100:.2f} %")
         print(f"model: {result.best_dir}")
-    return 0
-
-
-def _merge(args: argparse.Namespace) -> int:
-    from whispertune.merge import merge_adapter
-
-    out = merge_adapter(args.adapter, args.output, base=args.base_model, force=args.force)
-    print(f"merged model: {out}")
     return 0

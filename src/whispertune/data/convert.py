@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TypeVar
 
 from whispertune.audio import AudioError
 from whispertune.data.manifest import Sample, write_manifest
@@ -46,46 +46,59 @@ def normalize_language(value: str) -> str:
     return language_name(code).title()
 
 
-def _check_output(output: Path, force: bool) -> None:
-    if output.exists() and not force:
-        raise UserError(f"{output}: already exists; pass --force to overwrite it")
+_T = TypeVar("_T")
 
 
-def _output_field() -> Any:
-    """``--output`` of both converters: one definition, so ``from-folder`` and ``from-tsv``
-    take and describe it the same way."""
-    return field(metadata={"help": "manifest to write", "metavar": "OUT"})
+@dataclass(kw_only=True)
+class _ManifestOutput:
+    """``--output`` and ``--force`` of both converters: one definition, so ``from-folder`` and
+    ``from-tsv`` take and describe them the same way."""
+
+    output: Path = field(metadata={"help": "manifest to write", "metavar": "OUT"})
+    force: bool = field(default=False, metadata={"help": "overwrite --output when it exists"})
+
+    def check_output(self) -> Path:
+        output = Path(self.output)
+        if output.exists() and not self.force:
+            raise UserError(f"{output}: already exists; pass --force to overwrite it")
+        return output
 
 
-def _force_field() -> Any:
-    """``--force`` of both converters (see _output_field)."""
-    return field(default=False, metadata={"help": "overwrite --output when it exists"})
+def _measuring(items: list[_T]) -> Iterator[_T]:
+    """``items`` with a bar on a terminal: both converters open every clip once."""
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc="measuring", unit="file", disable=None))
 
 
 def _measured_sample(audio: Path, sentence: str, language: str | None) -> Sample:
     """A manifest line for one clip, its duration measured from the file: both converters
     open every clip here, so an unreadable one is reported (AudioError) with where it came
-    from, not in the middle of training."""
+    from, not in the middle of training. The path is made absolute without resolving links
+    (a link is where the user keeps the clip)."""
     duration = measure_duration(audio)
     return Sample(
-        audio_path=audio.resolve(),
+        audio_path=Path(os.path.abspath(audio)),
         sentence=sentence,
         language=language,
         duration=round(duration, 2),
     )
 
 
+def _write(samples: list[Sample], options: _ManifestOutput, absolute: Iterable[Path] = ()) -> None:
+    write_manifest(samples, options.output, force=options.force, keep_absolute=set(absolute))
+
+
 # --- from a folder --------------------------------------------------------------------------
 
 
-@dataclass
-class FolderOptions:
+@dataclass(kw_only=True)
+class FolderOptions(_ManifestOutput):
     """Options of ``whispertune data from-folder``."""
 
     folder: Path = field(
         metadata={"positional": True, "help": "folder with the audio files (searched recursively)"}
     )
-    output: Path = _output_field()
     language: str | None = field(
         default=None,
         metadata={
@@ -107,7 +120,6 @@ class FolderOptions:
             "metavar": "FILE",
         },
     )
-    force: bool = _force_field()
 
 
 @dataclass
@@ -151,8 +163,7 @@ def manifest_from_folder(options: FolderOptions) -> FolderResult:
     folder = Path(options.folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder")
-    output = Path(options.output)
-    _check_output(output, options.force)
+    output = options.check_output()
     language = normalize_language(options.language) if options.language else None
     text_ext = options.text_ext if options.text_ext.startswith(".") else "." + options.text_ext
 
@@ -175,7 +186,7 @@ def manifest_from_folder(options: FolderOptions) -> FolderResult:
     result = FolderResult(output=output, written=0)
     samples: list[Sample] = []
     used: set[str] = set()
-    for audio in tqdm(audio_files, desc="measuring", unit="file", disable=None):
+    for audio in _measuring(audio_files):
         text_file = audio.with_suffix(text_ext)
         if text_file.is_file():
             text = _read_text_file(text_file)
@@ -197,7 +208,7 @@ def manifest_from_folder(options: FolderOptions) -> FolderResult:
             + (f" or a line in {table_path}" if table_path else "")
             + ")"
         )
-    write_manifest(samples, output, force=options.force)
+    _write(samples, options)
     result.written = len(samples)
     logger.info("wrote %d samples to %s", len(samples), output)
     return result
@@ -206,14 +217,13 @@ def manifest_from_folder(options: FolderOptions) -> FolderResult:
 # --- from a CSV/TSV table -------------------------------------------------------------------
 
 
-@dataclass
-class TableOptions:
+@dataclass(kw_only=True)
+class TableOptions(_ManifestOutput):
     """Options of ``whispertune data from-tsv``."""
 
     table: Path = field(
         metadata={"positional": True, "help": "the CSV or TSV file, with a header row"}
     )
-    output: Path = _output_field()
     audio_dir: Path | None = field(
         default=None,
         metadata={
@@ -241,7 +251,6 @@ class TableOptions:
         default=None,
         metadata={"help": "column separator (default: tab for .tsv, comma for .csv, else guessed)"},
     )
-    force: bool = _force_field()
 
 
 @dataclass
@@ -272,8 +281,7 @@ def manifest_from_table(options: TableOptions) -> TableResult:
     table = Path(options.table)
     if not table.is_file():
         raise UserError(f"{table}: table not found")
-    output = Path(options.output)
-    _check_output(output, options.force)
+    output = options.check_output()
     default_language = normalize_language(options.language) if options.language else None
     if options.audio_dir is not None:
         if not Path(options.audio_dir).is_dir():
@@ -315,7 +323,8 @@ def manifest_from_table(options: TableOptions) -> TableResult:
     result = TableResult(output=output, rows=len(rows), written=0)
     samples: list[Sample] = []
     languages: dict[str, str] = {}
-    for line, row in tqdm(rows, desc="measuring", unit="file", disable=None):
+    absolute: list[Path] = []
+    for line, row in _measuring(rows):
         where = f"{table}:{line}"
         if len(row) <= max(path_i, text_i):
             result.skipped.append(f"{where}: {len(row)} columns, expected {len(header)}")
@@ -343,6 +352,9 @@ def manifest_from_table(options: TableOptions) -> TableResult:
             samples.append(_measured_sample(audio, row[text_i].strip(), language))
         except AudioError as e:
             result.skipped.append(f"{where}: {e}: {audio}")
+            continue
+        if rel_path.is_absolute():
+            absolute.append(samples[-1].audio_path)
     for message in result.skipped:
         logger.debug("skipped %s", message)
     if not samples:
@@ -350,7 +362,7 @@ def manifest_from_table(options: TableOptions) -> TableResult:
             f"{table}: none of the {len(rows)} rows could be used"
             + (f"; first problem: {result.skipped[0]}" if result.skipped else "")
         )
-    write_manifest(samples, output, force=options.force)
+    _write(samples, options, absolute)
     result.written = len(samples)
     logger.info("wrote %d of %d rows to %s", len(samples), len(rows), output)
     return result

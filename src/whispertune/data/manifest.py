@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,8 +181,15 @@ def read_manifest(path: str | Path) -> list[Sample]:
     return samples
 
 
-def write_manifest(samples: list[Sample], path: str | Path, *, force: bool = False) -> Path:
-    """Write samples to ``path`` atomically; audio paths become relative to its folder."""
+def write_manifest(
+    samples: list[Sample],
+    path: str | Path,
+    *,
+    force: bool = False,
+    keep_absolute: Container[Path] = (),
+) -> Path:
+    """Write samples to ``path`` atomically; audio paths become relative to its folder, but
+    those in ``keep_absolute`` (paths the user wrote absolute) stay as they are."""
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path}: already exists; pass --force to overwrite it")
@@ -191,6 +198,7 @@ def write_manifest(samples: list[Sample], path: str | Path, *, force: bool = Fal
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for s in samples:
-            fh.write(json.dumps(s.to_json(relative_to=base), ensure_ascii=False) + "\n")
+            relative_to = None if s.audio_path in keep_absolute else base
+            fh.write(json.dumps(s.to_json(relative_to=relative_to), ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path

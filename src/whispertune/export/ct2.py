@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from whispertune.errors import UserError
 from whispertune.models.cache import cache_dir
-from whispertune.models.sources import ModelSource, resolve
+from whispertune.models.sources import ModelSource, SourceOptions, resolve
 from whispertune.output_style import copy_style
+from whispertune.progress import ProgressCallback, Reporter, check_cancel
+from whispertune.staging import move_into_place, refuse_existing, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +33,33 @@ QUANTIZATIONS = (
 )
 
 
-def _merged_dir(source: ModelSource, workdir: Path) -> Path:
+@dataclass(kw_only=True)
+class ExportCT2Options(SourceOptions):
+    """Options of ``whispertune export ct2`` (``--model`` from SourceOptions)."""
+
+    output: Path = field(metadata={"help": "directory to create"})
+    quantization: str = field(
+        default="int8", metadata={"help": "weight storage", "choices": list(QUANTIZATIONS)}
+    )
+    force: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+
+
+def _merged_dir(
+    source: ModelSource, workdir: Path, progress: ProgressCallback | None
+) -> Path:
     """A transformers directory holding the full weights (an adapter is merged first)."""
     if source.adapter_dir is None:
         return source.hf_dir()
     from whispertune.models.loading import load_transformers
 
+    report = Reporter(progress, "merge", total=1, unit="model")
+    report(0, message=f"merging {source.describe()}")
     loaded = load_transformers(source, merge_adapter=True)
     out = workdir / "merged"
     loaded.model.save_pretrained(out)
     loaded.processor.tokenizer.save_pretrained(out)
     loaded.processor.feature_extractor.save_pretrained(out)
+    report(1)
     return out
 
 
@@ -52,8 +69,17 @@ def export_ct2(
     *,
     quantization: str | None = "int8",
     force: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> Path:
-    """Write ``output`` (a CTranslate2 model directory); refuses to overwrite without ``force``."""
+    """Write ``output`` (a CTranslate2 model directory); refuses to overwrite without ``force``.
+
+    Built in a temporary folder beside ``output`` and moved in at the end (an old ``output``
+    is moved aside first and deleted last). Events: "merge" (adapters only), "convert" and
+    "write" (support files), each from 0 to its total of 1. ``cancel`` is checked between
+    them; a cancelled export raises :class:`whispertune.progress.Cancelled` and leaves
+    nothing behind (``state="removed"``; an old ``output`` stays as it was).
+    """
     import ctranslate2
 
     if quantization is not None and quantization not in QUANTIZATIONS:
@@ -62,25 +88,30 @@ def export_ct2(
         )
     source = model if isinstance(model, ModelSource) else resolve(model)
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not force:
-        raise UserError(f"{output}: already exists and is not empty; pass --force to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".ct2-export-") as tmp:
-        work = Path(tmp)
-        hf_dir = _merged_dir(source, work)
+    refuse_existing(output, force)
+    with staging_dir(output, ".ct2-export-") as work:
+        check_cancel(cancel, "export")
+        hf_dir = _merged_dir(source, work, progress)
+        check_cancel(cancel, "export")
         staged = work / "out"
         copy = [f for f in SUPPORT_FILES if (hf_dir / f).is_file()]
         converter = ctranslate2.converters.TransformersConverter(str(hf_dir), copy_files=copy)
+        convert = Reporter(progress, "convert", total=1, unit="model")
+        convert(0)
         try:
             converter.convert(str(staged), quantization=quantization, force=True)
         except (ValueError, NotImplementedError, OSError) as e:
             raise UserError(f"cannot convert {source.describe()} to CTranslate2: {e}") from e
+        convert(1)
+        check_cancel(cancel, "export")
+        write = Reporter(progress, "write", total=1, unit="step")
+        write(0)
         _ensure_support_files(hf_dir, staged)
         _check_alignment_heads(hf_dir, staged)
         copy_style(source.path, staged)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staged, output)
+        check_cancel(cancel, "export")
+        move_into_place(staged, output, work)
+        write(1)
     return output
 
 
@@ -96,6 +127,9 @@ def _ensure_support_files(hf_dir: Path, out: Path) -> None:
     is wrong for large-v3 style models (128), so it is written from the model's config.
     """
     if not (out / "tokenizer.json").is_file():
+        import shutil
+        import tempfile
+
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(hf_dir)

@@ -39,14 +39,16 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from whispertune.errors import UserError
-from whispertune.models.sources import ModelSource, resolve
+from whispertune.models.sources import ModelSource, SourceOptions, resolve
+from whispertune.progress import ProgressCallback, Reporter, check_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,40 @@ QUANTIZATIONS = ("q8_0", "q5_0", "q4_0")
 
 # ggml.h: enum ggml_type and enum ggml_ftype.
 _TYPE_F32, _TYPE_F16 = 0, 1
+
+
+@dataclass(kw_only=True)
+class ExportGGMLOptions(SourceOptions):
+    """Options of ``whispertune export ggml`` (``--model`` from SourceOptions). What each
+    storage costs and how close its output stays is measured in docs/export.md."""
+
+    output: Path = field(
+        metadata={"help": "GGML file to write, for example ggml-model.bin"}
+    )
+    dtype: str = field(
+        default="f16",
+        metadata={
+            "help": "storage of the weight matrices; f16 is what whisper.cpp runs (f32: see "
+            "docs/export.md)",
+            "choices": list(DTYPES),
+        },
+    )
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": "quantize the 2-D weight matrices as whisper.cpp's quantize tool does; "
+            "needs --dtype f16; default: not quantized",
+            "choices": list(QUANTIZATIONS),
+        },
+    )
+    force: bool = field(default=False, metadata={"help": "replace an existing output file"})
+    verify: bool = field(
+        default=True,
+        metadata={
+            "help": "load the written file in whisper.cpp before putting it in place "
+            "(--no-verify skips it)"
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -346,9 +382,14 @@ def write_ggml(
     *,
     dtype: str = "f16",
     quantize: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> None:
-    """Write a loaded ``WhisperForConditionalGeneration`` and its tokenizer as GGML to ``path``."""
+    """Write a loaded ``WhisperForConditionalGeneration`` and its tokenizer as GGML to ``path``.
+
+    Events: stage "write", one per tensor (unit "tensor"). ``cancel`` is checked after each
+    tensor (:class:`whispertune.progress.Cancelled`); the caller removes the partial file.
+    """
     config = model.config
     check_whisper_cpp_compatible(config, quantize)
     state = model.state_dict()
@@ -376,6 +417,8 @@ def write_ggml(
         _file_ftype(dtype, quantize),
     )
     stored = [k for k in state if ggml_tensor_name(k) is not None]
+    report = Reporter(progress, "write", total=len(stored), unit="tensor")
+    report(0)
     with open(path, "wb") as fh:
         fh.write(struct.pack("<I", GGML_MAGIC))
         fh.write(struct.pack("<11i", *hparams))
@@ -393,8 +436,8 @@ def write_ggml(
             fh.write(struct.pack(f"<{len(shape)}i", *reversed(shape)))
             fh.write(raw)
             fh.write(payload)
-            if progress:
-                progress(done, len(stored))
+            report(done)
+            check_cancel(cancel, "export")
 
 
 def _hf_config(source: ModelSource) -> dict:
@@ -413,7 +456,8 @@ def export_ggml(
     quantize: str | None = None,
     force: bool = False,
     verify: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> Path:
     """Write ``output``, a GGML model file for whisper.cpp, from any model source.
 
@@ -421,6 +465,11 @@ def export_ggml(
     temporary name and, with ``verify``, loaded by whisper.cpp (pywhispercpp) before it is moved
     into place, so a file at ``output`` is always one whisper.cpp accepts. Refuses to replace an
     existing file without ``force``.
+
+    Events: "load" (the model, an adapter merged: 0 then 1), "write" (one per tensor, unit
+    "tensor"), "verify" (with ``verify``: 0 then 1). ``cancel`` is checked between stages
+    and after each tensor; a cancelled export raises :class:`whispertune.progress.Cancelled`
+    (``state="removed"``): the temporary file is deleted and ``output`` left as it was.
     """
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -449,15 +498,19 @@ def export_ggml(
     from whispertune.models.loading import load_transformers
 
     check_whisper_cpp_compatible(WhisperConfig.from_dict(config), quantize)  # before loading
-    logger.info("loading %s", source.describe())
-    loaded = load_transformers(source, dtype="float32", merge_adapter=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if dtype == "f32":
         logger.warning(
             "f32 GGML files load in whisper.cpp but its CPU backend (1.8.5, as bundled by "
             "pywhispercpp) aborts when encoding them: its conv1d needs f16 kernels "
             "(ggml-org/whisper.cpp#2557). Use f16 unless your whisper.cpp build runs f32."
         )
+    check_cancel(cancel, "export")
+    load = Reporter(progress, "load", total=1, unit="model")
+    load(0, message=f"loading {source.describe()}")
+    loaded = load_transformers(source, dtype="float32", merge_adapter=True)
+    load(1)
+    check_cancel(cancel, "export")
+    output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -468,10 +521,18 @@ def export_ggml(
         label = quantize or dtype
         logger.info("writing GGML (%s) -> %s", label, output)
         write_ggml(
-            loaded.model, loaded.tokenizer, tmp, dtype=dtype, quantize=quantize, progress=progress
+            loaded.model,
+            loaded.tokenizer,
+            tmp,
+            dtype=dtype,
+            quantize=quantize,
+            progress=progress,
+            cancel=cancel,
         )
         del loaded
         if verify:
+            check = Reporter(progress, "verify", total=1, unit="file")
+            check(0)
             try:
                 info = whisper_cpp_model_info(tmp)
             except UserError as e:
@@ -485,6 +546,8 @@ def export_ggml(
                 info["n_vocab"],
                 info["ftype"],
             )
+            check(1)
+        check_cancel(cancel, "export")
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -41,6 +41,25 @@ _WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 HUB_TIMEOUT_S = 5.0
+DEFAULT_MODEL = "builtin:base"
+
+
+@dataclass
+class SourceOptions:
+    """Which model: the one ``--model`` of every command.
+
+    A dataclass of its own so that the commands that only read a model (export, demo) and
+    those that also run it (:class:`whispertune.backends.options.ModelOptions` adds the
+    runtime) take, describe and default it the same way.
+    """
+
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "model: builtin:base, builtin:tiny.en, a local directory (transformers, "
+            "LoRA/AdaLoRA adapter such as runs/x/best, or CTranslate2) or a hub id"
+        },
+    )
 
 
 class ModelSourceError(UserError):
@@ -171,3 +190,50 @@ def download_from_hub(repo_id: str) -> Path:
         raise ModelSourceError(f"cannot download {repo_id!r} from the hub: {e}") from e
     except OSError as e:
         raise ModelSourceError(offline_hint + f" ({e})") from e
+
+
+@dataclass
+class ResolveOptions:
+    """Options of ``whispertune models resolve``."""
+
+    model: str = field(
+        metadata={"positional": True, "help": "builtin:NAME, a local directory or a hub id"}
+    )
+    hf: bool = field(
+        default=False, metadata={"help": "also print (creating) its transformers directory"}
+    )
+
+
+@dataclass
+class ToTransformersOptions:
+    """Options of ``whispertune models to-transformers``."""
+
+    model: str = field(
+        metadata={"positional": True, "help": "builtin:NAME, a local directory or a hub id"}
+    )
+    output: Path = field(metadata={"help": "directory to create"})
+    force: bool = field(default=False, metadata={"help": "replace an existing output directory"})
+
+
+def to_transformers(model: str | ModelSource, output: str | Path, *, force: bool = False) -> Path:
+    """Copy the transformers form of ``model`` (converted once and cached for CTranslate2 and
+    built-in models) to ``output``, a plain directory any transformers user can load.
+
+    An adapter is refused: its transformers form is a merge (:func:`whispertune.merge`). The
+    copy is made beside ``output`` and moved in, an old ``output`` deleted only after that.
+    """
+    import shutil
+
+    from whispertune.staging import move_into_place, refuse_existing, staging_dir
+
+    source = model if isinstance(model, ModelSource) else resolve(model)
+    if source.adapter_dir is not None:
+        raise UserError(f"{source.spec}: an adapter; merge it with 'whispertune merge' instead")
+    output = Path(output)
+    refuse_existing(output, force)
+    src = source.hf_dir()
+    with staging_dir(output, ".to-transformers-") as tmp:
+        staged = tmp / "model"
+        shutil.copytree(src, staged, ignore=shutil.ignore_patterns(".complete"))
+        move_into_place(staged, output, tmp)
+    return output

@@ -1,0 +1,52 @@
+"""One way to add a subcommand: its options dataclass, its run function, its help.
+
+Why a helper: every command is the same four steps (add the parser, add the dataclass's
+flags, maybe ``--config``, point it at its function); written out in each module they differ
+only in names, and a command that forgets one (``--config``, the raw description) is how the
+CLI drifted apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    options: type | None,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str | None = None,
+    config_file: bool = False,
+    raw_description: bool = False,
+) -> argparse.ArgumentParser:
+    """Add ``name`` to ``sub`` with the flags of the dataclass ``options`` (None: no options);
+    ``config_file`` adds ``--config`` (for long commands); ``raw_description`` keeps the
+    description's line breaks."""
+    from whispertune.options import add_options
+
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        formatter_class=argparse.RawDescriptionHelpFormatter
+        if raw_description
+        else argparse.HelpFormatter,
+    )
+    if options is not None:
+        add_options(parser, options, config_file=config_file)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_group(
+    sub: argparse._SubParsersAction, name: str, *, help: str, description: str | None = None
+) -> argparse._SubParsersAction:
+    """A command with subcommands of its own (``data``, ``models``, ``export``); run without
+    one it prints its help."""
+    parser = sub.add_parser(name, help=help, description=description or help)
+    parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
+    return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
