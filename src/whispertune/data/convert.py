@@ -51,17 +51,26 @@ _T = TypeVar("_T")
 
 @dataclass(kw_only=True)
 class _ManifestOutput:
-    """``--output`` and ``--force`` of both converters: one definition, so ``from-folder`` and
-    ``from-tsv`` take and describe them the same way."""
+    """``--output``, ``--force`` and ``--language`` of both converters: one definition, so
+    ``from-folder`` and ``from-tsv`` take and describe them the same way."""
 
     output: Path = field(metadata={"help": "manifest to write", "metavar": "OUT"})
     force: bool = field(default=False, metadata={"help": "overwrite --output when it exists"})
+    language: str | None = field(
+        default=None,
+        metadata={
+            "help": "language of the clips (from-tsv: of rows without a language value), a "
+            "Whisper name or code such as Chinese or zh (default: none; Whisper then detects it)"
+        },
+    )
 
-    def check_output(self) -> Path:
+    def checked(self) -> tuple[Path, str | None]:
+        """The output (refused when it exists without --force) and the language as a Whisper
+        name: checked before any clip is opened."""
         output = Path(self.output)
         if output.exists() and not self.force:
             raise UserError(f"{output}: already exists; pass --force to overwrite it")
-        return output
+        return output, normalize_language(self.language) if self.language else None
 
 
 def _measuring(items: list[_T]) -> Iterator[_T]:
@@ -98,13 +107,6 @@ class FolderOptions(_ManifestOutput):
 
     folder: Path = field(
         metadata={"positional": True, "help": "folder with the audio files (searched recursively)"}
-    )
-    language: str | None = field(
-        default=None,
-        metadata={
-            "help": "language of every clip, a Whisper name or code such as Chinese or zh "
-            "(default: none; Whisper then detects it)"
-        },
     )
     text_ext: str = field(
         default=".txt",
@@ -163,8 +165,7 @@ def manifest_from_folder(options: FolderOptions) -> FolderResult:
     folder = Path(options.folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder")
-    output = options.check_output()
-    language = normalize_language(options.language) if options.language else None
+    output, language = options.checked()
     text_ext = options.text_ext if options.text_ext.startswith(".") else "." + options.text_ext
 
     table_path = options.transcripts
@@ -241,12 +242,6 @@ class TableOptions(_ManifestOutput):
             "zh-CN); ignored when the table has no such column"
         },
     )
-    language: str | None = field(
-        default=None,
-        metadata={
-            "help": "language of rows without a language column/value, e.g. Chinese (default: none)"
-        },
-    )
     delimiter: str | None = field(
         default=None,
         metadata={"help": "column separator (default: tab for .tsv, comma for .csv, else guessed)"},
@@ -281,8 +276,7 @@ def manifest_from_table(options: TableOptions) -> TableResult:
     table = Path(options.table)
     if not table.is_file():
         raise UserError(f"{table}: table not found")
-    output = options.check_output()
-    default_language = normalize_language(options.language) if options.language else None
+    output, default_language = options.checked()
     if options.audio_dir is not None:
         if not Path(options.audio_dir).is_dir():
             raise UserError(f"{options.audio_dir}: --audio-dir is not a folder")

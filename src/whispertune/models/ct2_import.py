@@ -168,26 +168,22 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.nd
         sd[f"model.encoder.{conv}.bias"] = _f32(variables, f"encoder/{conv}/bias")
     sd["model.decoder.embed_tokens.weight"] = _weight(variables, "decoder/embeddings")
 
-    for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        fused(f"{dst}.self_attn", ("q_proj", "k_proj", "v_proj"), f"{src}/self_attention/linear_0")
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
-    for i in range(n_dec):
-        src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        fused(f"{dst}.self_attn", ("q_proj", "k_proj", "v_proj"), f"{src}/self_attention/linear_0")
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-        linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
-        fused(f"{dst}.encoder_attn", ("k_proj", "v_proj"), f"{src}/attention/linear_1")
-        linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
-        norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+    # Encoder and decoder layers alike; a decoder layer adds cross-attention between the two.
+    for side, layers in (("encoder", n_enc), ("decoder", n_dec)):
+        for i in range(layers):
+            src, dst = f"{side}/layer_{i}", f"model.{side}.layers.{i}"
+            qkv = ("q_proj", "k_proj", "v_proj")
+            fused(f"{dst}.self_attn", qkv, f"{src}/self_attention/linear_0")
+            linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
+            norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+            if side == "decoder":
+                linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
+                fused(f"{dst}.encoder_attn", ("k_proj", "v_proj"), f"{src}/attention/linear_1")
+                linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
+                norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
+            linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
+            linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
+            norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
 
     shape = {
         "vocab_size": variables["decoder/embeddings/weight"].shape[0],
