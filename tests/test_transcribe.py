@@ -15,15 +15,17 @@ import pytest
 import soundfile as sf
 
 from tests.backends.tiny_ct2 import make_tiny_ct2
-from whispertune.audio import AudioError, load_audio
-from whispertune.backends import DecodeOptions, create_transcriber
+from whispertune.audio import AudioError, AudioStream, load_audio
+from whispertune.backends import DecodeOptions, ModelOptions, create_transcriber
+from whispertune.backends.base import ClipSegment, Transcriber, Transcript
 from whispertune.cli import main
 from whispertune.errors import UserError
 from whispertune.progress import Cancelled
 from whispertune.transcribe import (
-    AudioStream,
     LongFormOptions,
     Pipeline,
+    TranscribeOptions,
+    transcribe_files,
 )
 
 CLIP = "src/whispertune/samples/aishell_s0150/clips/BAC009S0150W0445.opus"
@@ -125,7 +127,7 @@ def test_long_file_is_decoded_in_bounded_memory(tmp_path, tiny):
 def test_segments_stream_in_order_with_file_times(tiny, speech_wav, vad):
     pipe = Pipeline(tiny, FAST, LongFormOptions(vad=vad))
     seen = []
-    run = pipe.stream(speech_wav, progress=lambda d, t: seen.append((d, t)))
+    run = pipe.stream(speech_wav, progress=lambda e: seen.append((e.done, e.total)))
     duration = sf.info(str(speech_wav)).duration
     assert run.info.language == "zh" and run.info.duration == pytest.approx(duration)
     segments = list(run)
@@ -149,6 +151,94 @@ def test_cancel_stops_between_batches(tiny, speech_wav):
     cancel.set()
     with pytest.raises(Cancelled):
         list(run)
+
+
+class _Stub(Transcriber):
+    """Says "x" over each whole clip, telling the caller clip by clip (as ct2's workers do),
+    and notes how many progress events the caller had sent when each clip was done."""
+
+    name = "stub"
+
+    def __init__(self, events: list):
+        self.events = events
+        self.seen_at_clip: list[int] = []
+
+    def _transcribe_clips(self, batch, options):
+        out = []
+        for i, audio in enumerate(batch.audios):
+            d = min(len(audio) / 16000, 30.0)
+            out.append(Transcript("x", language="zh", segments=[ClipSegment(0.0, d, "x", [1])],
+                                  consumed=d))
+            batch.clip_done(i)
+            self.seen_at_clip.append(len(self.events))
+        return out
+
+    def _encode_clip(self, audio):
+        return audio
+
+    def _score_tokens(self, clip, prompt, seqs):
+        return [0.0] * len(seqs)
+
+    def encode_text(self, text):
+        return [1]
+
+
+@pytest.fixture(scope="module")
+def four_spans(tmp_path_factory):
+    """Four 3 s pieces of speech, 4 s of silence after each: four VAD spans, one batch."""
+    a = load_audio(CLIP)
+    gap = np.zeros(16000 * 4, dtype=np.float32)
+    path = tmp_path_factory.mktemp("audio") / "four.wav"
+    sf.write(path, np.concatenate([a, gap] * 4), 16000)
+    return path
+
+
+def test_progress_moves_span_by_span_within_a_batch(four_spans):
+    """Events are monotone, within the total and end at it; a batch of spans moves the bar
+    as each span is decoded, not once at the end of the batch (which held a long-form
+    Mandarin file at 13 % for two minutes)."""
+    events = []
+    stub = _Stub(events)
+    run = Pipeline(stub, DecodeOptions(language="zh", batch_size=4)).stream(
+        four_spans, progress=events.append)
+    segments = list(run)
+    assert len(segments) == 4
+    duration = sf.info(str(four_spans)).duration
+    done = [e.done for e in events]
+    assert all(e.stage == "transcribe" and e.unit == "s" for e in events)
+    assert done == sorted(done) and all(e.done <= e.total for e in events)
+    assert events[-1].done == events[-1].total == pytest.approx(duration)
+    inside = sorted({d for d in done if 0 < d < duration})
+    assert len(inside) >= 3, done  # one per span at least, before the batch returns
+    assert stub.seen_at_clip == sorted(stub.seen_at_clip)
+    assert stub.seen_at_clip[0] < stub.seen_at_clip[-1]  # events came during the batch
+    for d, span_end in zip(inside, [3.0, 10.0, 17.0], strict=False):
+        assert d <= span_end + 1.0  # each at the end of the speech decoded so far
+
+
+def test_transcribe_files_cancel_writes_nothing_for_the_cancelled_file(
+    tiny_dir, speech_wav, tmp_path
+):
+    second = tmp_path / "second.wav"
+    second.write_bytes(speech_wav.read_bytes())
+    cancel = threading.Event()
+    events = []
+
+    def on_segment(path, info, seg):
+        if path == second:
+            cancel.set()
+
+    opts = TranscribeOptions(
+        audio=[speech_wav, second],
+        load=ModelOptions(model=str(tiny_dir), compute_type="float32", threads=1),
+        output_dir=tmp_path / "out", format="txt", decode=FAST)
+    with pytest.raises(Cancelled) as caught:
+        transcribe_files(opts, progress=events.append, cancel=cancel, on_segment=on_segment)
+    assert caught.value.state == "partial" and "second.wav" in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["talk.txt"]
+    done = [e.done for e in events]
+    assert done == sorted(done) and all(e.done <= e.total for e in events)
+    assert events[0].total == pytest.approx(2 * sf.info(str(speech_wav)).duration)
 
 
 def test_language_auto_is_detected_with_probability(tiny, speech_wav):

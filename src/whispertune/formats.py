@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -45,24 +45,28 @@ def to_txt(segments: Iterable[_Segment]) -> str:
     return "".join(f"{_clean(s.text)}\n" for s in segments if s.text.strip())
 
 
+def _cues(
+    segments: Iterable[_Segment], always_include_hours: bool, marker: str
+) -> Iterator[tuple[str, str, str]]:
+    """(start, end, text) of each subtitle cue: the segments with text, an end never before
+    its start. srt and vtt differ only in how they write the times and number the cues."""
+    for s in segments:
+        if s.text.strip():
+            start = format_timestamp(s.start, always_include_hours, marker)
+            end = format_timestamp(max(s.end, s.start), always_include_hours, marker)
+            yield start, end, _clean(s.text)
+
+
 def to_srt(segments: Iterable[_Segment]) -> str:
-    lines = []
-    for i, s in enumerate((s for s in segments if s.text.strip()), start=1):
-        start = format_timestamp(s.start, True, ",")
-        end = format_timestamp(max(s.end, s.start), True, ",")
-        lines.append(f"{i}\n{start} --> {end}\n{_clean(s.text)}\n")
-    return "\n".join(lines)
+    cues = _cues(segments, True, ",")
+    return "\n".join(
+        f"{i}\n{start} --> {end}\n{text}\n" for i, (start, end, text) in enumerate(cues, start=1)
+    )
 
 
 def to_vtt(segments: Iterable[_Segment]) -> str:
-    out = ["WEBVTT\n"]
-    for s in segments:
-        if not s.text.strip():
-            continue
-        start = format_timestamp(s.start, False, ".")
-        end = format_timestamp(max(s.end, s.start), False, ".")
-        out.append(f"{start} --> {end}\n{_clean(s.text)}\n")
-    return "\n".join(out)
+    cues = _cues(segments, False, ".")
+    return "\n".join(["WEBVTT\n", *(f"{start} --> {end}\n{text}\n" for start, end, text in cues)])
 
 
 def to_tsv(segments: Iterable[_Segment]) -> str:

@@ -26,10 +26,16 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from whispertune.models.cache import cache_dir
 from whispertune.numerals import arabic_to_hanzi
 from whispertune.text import remove_punctuation, to_simplified
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from whispertune.backends.base import ClipSegment, EncodedClip, Transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +52,9 @@ MAX_VARIANTS = 8
 _MIN_COUNT = 3
 _VARIANTS_PER_SOUND = 3
 _HAN = re.compile(r"[\u4e00-\u9fff]")
-_build_lock = threading.Lock()  # the first clips of a batch arrive from several workers
+# The first clips of a batch arrive from several workers (and a model may be shared by
+# several threads): the word model, the homophone index and zhconv's table are built under it.
+_build_lock = threading.Lock()
 
 
 def wants_rescoring(enabled: bool, language: str | None, task: str) -> bool:
@@ -66,6 +74,9 @@ def _load_tokenizer():
     jieba.setLogLevel(logging.WARNING)
     tok = jieba.Tokenizer()
     tok.check_initialized()
+    # zhconv builds its simplified-Chinese table on first use without a lock (a second thread
+    # can read it half built): build it here, under _build_lock, before any thread converts
+    to_simplified("")
     return tok
 
 
@@ -188,6 +199,7 @@ def choose(
     score). Without it a hypothesis cut short would pay nothing for stopping early, and the
     word model, which prefers fewer words, would pick it.
     """
+    _tokenizer()  # the tables read below, built once under the lock (see _load_tokenizer)
     cands = candidates(hypotheses)
     texts = [c.text for c in cands]
     sources = sorted({c.source for c in cands}) if end_scores is not None else []
@@ -202,3 +214,50 @@ def choose(
     lm = [word_logprob(t) + char_bonus * len(_comparable(t)) for t in texts]
     best = max(range(len(texts)), key=lambda i: (am[i] + weight * lm[i], -i))
     return Choice(texts[best], best)
+
+
+# -- with a backend: its score_tokens is the acoustic model -----------------------------------
+
+
+def rescore_text(
+    model: Transcriber,
+    clip: np.ndarray | EncodedClip,
+    prompt: Sequence[int],
+    hypotheses: Sequence[str],
+    end_scores: Sequence[float] | None = None,
+) -> tuple[str, list[int]]:
+    """The text :func:`choose` picks for a clip decoded without timestamps, and its tokens.
+
+    The acoustic score is the backend's :meth:`~Transcriber.score_tokens` of each candidate
+    after ``prompt``; ``end_scores`` as in :func:`choose` (given by a backend whose scoring
+    leaves the end of text out)."""
+
+    def acoustic(texts: Sequence[str]) -> list[float]:
+        return model.score_tokens(clip, prompt, [model.encode_text(t) for t in texts])
+
+    text = choose(hypotheses, acoustic, end_scores=end_scores).text
+    return text, model.encode_text(text)
+
+
+def rescore_segments(
+    model: Transcriber,
+    clip: np.ndarray | EncodedClip,
+    prompt: Sequence[int],
+    segments: Sequence[ClipSegment],
+) -> None:
+    """Timestamped windows (long-form): each segment's text is rescored among its homophone
+    variants, scored by the acoustic model with the rest of the window's text around it. The
+    beam's other hypotheses are not used: their segments do not line up. Texts and tokens are
+    replaced in place; times are kept."""
+    for k, seg in enumerate(segments):
+        if not seg.text.strip():
+            continue
+        before = [x for s in segments[:k] for x in s.tokens]
+        after = [x for s in segments[k + 1 :] for x in s.tokens]
+
+        def acoustic(texts: Sequence[str], before=before, after=after) -> list[float]:
+            seqs = [before + model.encode_text(t) + after for t in texts]
+            return model.score_tokens(clip, prompt, seqs)
+
+        seg.text = choose([seg.text], acoustic).text
+        seg.tokens = model.encode_text(seg.text)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whispertune.backends.base import (
-    DecodeOptions,
+from whispertune.backends.base import DecodeOptions, join_texts
+from whispertune.backends.decoding import (
     compression_ratio,
     is_silence,
-    join_texts,
     needs_fallback,
     normalized_guards,
     split_timestamped,
@@ -114,3 +113,19 @@ def test_fallback_redecodes_only_failing_clips_and_keeps_best(tiny_ct2):
     out = tiny_ct2.transcribe_clips(clips, never, timestamps=True)
     assert [t.temperature for t in out] == [0.0, 0.0, 0.0]
     assert all(t.avg_logprob is not None and t.no_speech_prob is not None for t in out)
+
+
+def test_score_tokens_takes_audio_or_the_decodes_encoding(tiny_ct2):
+    """Rescoring's one acoustic method: the same scores from raw audio as from the encoder
+    output a decode keeps, one per sequence, higher for the sequence the model prefers."""
+    rng = np.random.default_rng(2)
+    audio = (rng.standard_normal(16000 * 3) * 0.1).astype(np.float32)
+    tk = tiny_ct2._tokenizer("zh", "transcribe")
+    prompt = [*tk.sot_sequence, tk.no_timestamps]
+    seqs = [[100, 200], [100, 200, 300], [5]]
+    from_audio = tiny_ct2.score_tokens(audio, prompt, seqs)
+    from_encoding = tiny_ct2.score_tokens(tiny_ct2._encode_clip(audio), prompt, seqs)
+    assert from_audio == pytest.approx(from_encoding) and len(from_audio) == 3
+    assert all(s < 0 for s in from_audio)
+    assert from_audio[1] < from_audio[0]  # one more token, one more probability < 1
+    assert not tiny_ct2.scores_end_of_text

@@ -1,24 +1,20 @@
 """The one interface every backend implements, so evaluation, transcription, the server and the
-UIs never care which runtime decodes.
+UIs never care which runtime decodes: :class:`Transcriber` and the data it takes and returns.
 
-What is shared here, and not left to each backend, is everything that decides *what* text is
-kept: the hallucination guards (temperature fallback on repetitive or improbable output, the
-no-speech skip) and the parsing of Whisper's timestamp tokens into segments. Both backends then
-behave the same on silence, on loops and on long audio.
+Only the interface lives here (the backends import it and it imports none of them); the
+decoding rules both backends share (guards, timestamp parsing, languages) are in
+``whispertune.backends.decoding``, and :func:`whispertune.backends.create_transcriber` builds a
+backend.
 """
 
 from __future__ import annotations
 
-import math
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whispertune.audio import SAMPLE_RATE
-from whispertune.errors import UserError
 from whispertune.output_style import (
     NUMERAL_CHOICES,
     OutputStyle,
@@ -27,12 +23,12 @@ from whispertune.output_style import (
 )
 
 CHUNK_SECONDS = 30.0  # Whisper's fixed encoder window
-TIME_PRECISION = 0.02  # seconds per timestamp token
-MAX_TARGET_TOKENS = 448  # decoder context: prompt + generated tokens
 
 # OpenAI's and faster-whisper's schedule: greedy/beam first, then sampling at rising
 # temperatures for the windows whose output looks like a loop or is improbable.
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+Tokens = list[int]  # token ids of a text or a prompt
 
 
 @dataclass
@@ -41,10 +37,8 @@ class DecodeOptions:
 
     The guard defaults (compression ratio 2.4, log-prob -1.0, no-speech 0.6, temperatures
     0.0..1.0) are Whisper's own; they were kept after measuring them against looser and
-    stricter values on long-form speech and on generated silence and noise (the numbers are in
-    ``whispertune transcribe --help``): on speech they never fired, on silence and noise they
-    turn Mandarin repetition loops into empty output; a stricter no-speech threshold would drop
-    real Mandarin windows, whose no-speech probability reaches 0.93.
+    stricter values on long-form speech and on generated silence and noise (the measurements
+    are in docs/transcription.md).
     """
 
     language: str | None = field(
@@ -65,9 +59,8 @@ class DecodeOptions:
     batch_size: int = field(
         default=4,
         metadata={
-            "help": "30 s windows (clips or speech spans) decoded together; on CPU larger "
-            "batches measured no faster (the encoder's fixed 30 s window dominates) and each "
-            "window adds ~90 MB of beam-search cache at beam 5; raise it on a GPU"
+            "help": "30 s windows (clips or speech spans) decoded together; raise it on a GPU "
+            "(on a CPU larger batches are no faster: see docs/transcription.md)"
         },
     )
     max_new_tokens: int | None = field(
@@ -141,9 +134,8 @@ class DecodeOptions:
             "help": "Mandarin transcription: rescore the beam's hypotheses and their "
             "homophones (same pinyin) with a word-frequency language model (jieba's "
             "dictionary) plus Whisper's own score, and write the winner in simplified "
-            "characters; it fixes homophone errors such as 洋盐 → 扬言 (AISHELL test "
-            "split, beam 5: the default fine-tune 23.2 → 19.3 %% CER, base 22.4 → 22.1 %%) "
-            "and makes decoding ~2.4x slower on a CPU. Long-form windows rescore each "
+            "characters; it fixes homophone errors such as 洋盐 → 扬言 and makes decoding "
+            "slower (figures: docs/transcription.md). Long-form windows rescore each "
             "segment. --no-rescore: as Whisper's beam decodes"
         },
     )
@@ -193,8 +185,57 @@ class Transcript:
     silence: bool = False  # dropped by the no-speech guard
 
 
+@dataclass(frozen=True)
+class ClipBatch:
+    """What one :meth:`Transcriber.transcribe_clips` call asks a backend to decode.
+
+    One object rather than the same five keyword arguments in every backend's signature, so
+    that a backend that splits a batch (for its workers, or per prompt) takes a part with
+    :meth:`part`. ``clip_done(i)`` tells the caller that clip ``i``'s transcript is ready; a
+    backend that finishes clips one part at a time calls it per part, from the caller's thread
+    (``transcribe_clips`` reports the rest when the backend returns).
+    """
+
+    audios: Sequence[np.ndarray]
+    languages: Sequence[str | None] | None = None
+    timestamps: bool = False
+    word_timestamps: bool = False
+    previous_tokens: Sequence[Sequence[int] | None] | None = None
+    clip_done: Callable[[int], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.audios)
+
+    def part(self, start: int, stop: int) -> ClipBatch:
+        """Clips ``start``..``stop`` with their own languages and context (no ``clip_done``:
+        a part is decoded for the caller, who reports it)."""
+        return replace(
+            self,
+            audios=self.audios[start:stop],
+            languages=self.languages[start:stop] if self.languages else None,
+            previous_tokens=(
+                self.previous_tokens[start:stop] if self.previous_tokens is not None else None
+            ),
+            clip_done=None,
+        )
+
+
+class EncodedClip:
+    """A clip as a backend's encoder has seen it, handed to :meth:`Transcriber.score_tokens`
+    so that rescoring a decoded clip costs no second encoder pass. Each backend subclasses it
+    with what it keeps (an encoder output, features); callers only pass it back."""
+
+
 class Transcriber(ABC):
-    """Decodes clips of up to 30 s; long audio is cut into such clips before it gets here."""
+    """Decodes clips of up to 30 s; long audio is cut into such clips before it gets here.
+
+    Threads: ``transcribe_clips``, ``score_tokens`` and ``encode_text`` may be called from
+    several threads at once on one transcriber. The ct2 backend runs such calls concurrently
+    (CTranslate2 queues them on its replicas; all per-call state is local, and the shared
+    caches, the tokenizer and the rescoring word model are read-only or built under a lock);
+    the transformers backend serializes them with a lock, one decode at a time (generate
+    is not re-entrant). ``close`` must not overlap any other call.
+    """
 
     name: str = ""
     multilingual: bool = True
@@ -213,6 +254,7 @@ class Transcriber(ABC):
         timestamps: bool = False,
         word_timestamps: bool = False,
         previous_tokens: Sequence[Sequence[int] | None] | None = None,
+        on_clip_done: Callable[[int], None] | None = None,
     ) -> list[Transcript]:
         """One Transcript per clip, in one batched pass (plus fallback passes if needed).
 
@@ -220,34 +262,61 @@ class Transcriber(ABC):
         its language detected. ``previous_tokens`` (per clip) are the text tokens of what came
         before, given to the model as context (condition on previous text). The texts follow
         the model's output style (``options.numerals``); the tokens stay as decoded.
+        ``on_clip_done(i)`` is called once per clip, in this thread, as soon as the backend
+        has clip ``i`` (for progress finer than a batch).
         """
-        style = resolve_style(self.recorded_style, options.numerals)
-        out = self._transcribe_clips(
-            audios,
-            options,
-            languages,
-            timestamps=timestamps,
-            word_timestamps=word_timestamps,
-            previous_tokens=previous_tokens,
+        reported: set[int] = set()
+
+        def clip_done(i: int) -> None:
+            if on_clip_done is not None and i not in reported:
+                reported.add(i)
+                on_clip_done(i)
+
+        batch = ClipBatch(
+            audios, languages, timestamps, word_timestamps, previous_tokens, clip_done
         )
-        return style_transcripts(out, style)
+        out = self._transcribe_clips(batch, options)
+        for i in range(len(out)):
+            clip_done(i)
+        return style_transcripts(out, resolve_style(self.recorded_style, options.numerals))
 
     @abstractmethod
-    def _transcribe_clips(
-        self,
-        audios: Sequence[np.ndarray],
-        options: DecodeOptions,
-        languages: Sequence[str | None] | None = None,
-        *,
-        timestamps: bool = False,
-        word_timestamps: bool = False,
-        previous_tokens: Sequence[Sequence[int] | None] | None = None,
-    ) -> list[Transcript]:
+    def _transcribe_clips(self, batch: ClipBatch, options: DecodeOptions) -> list[Transcript]:
         """The backend's decode, as ``transcribe_clips`` describes it, before output style."""
 
+    def score_tokens(
+        self,
+        clip: np.ndarray | EncodedClip,
+        prompt: Sequence[int],
+        sequences: Sequence[Sequence[int]],
+    ) -> list[float]:
+        """Log-probability of each token sequence after ``prompt`` given the clip (teacher
+        forcing): the acoustic side of rescoring (whispertune.rescoring).
+
+        ``clip`` is the audio (16 kHz, at most 30 s) or the EncodedClip a backend made while
+        decoding it. ``prompt`` is the decoder's start (start-of-transcript, language, task,
+        no-timestamps, after any previous-text prompt). The end-of-text token after each
+        sequence is counted when ``scores_end_of_text`` is set; CTranslate2's alignment leaves
+        it out, and its caller adds the beam's own end scores instead.
+        """
+        if not isinstance(clip, EncodedClip):
+            clip = self._encode_clip(np.asarray(clip, dtype=np.float32))
+        return self._score_tokens(clip, list(prompt), [list(s) for s in sequences])
+
+    @abstractmethod
+    def _encode_clip(self, audio: np.ndarray) -> EncodedClip:
+        """The backend's encoding of one clip, for ``score_tokens`` given audio."""
+
+    @abstractmethod
+    def _score_tokens(self, clip: EncodedClip, prompt: Tokens, seqs: list[Tokens]) -> list[float]:
+        """``score_tokens`` on the backend's own encoding of the clip."""
+
+    # Whether score_tokens counts the end-of-text token after each sequence.
+    scores_end_of_text: bool = True
+
+    @abstractmethod
     def encode_text(self, text: str) -> list[int]:
-        """Text tokens (no special tokens) for prompts."""
-        raise NotImplementedError
+        """Text tokens (no special tokens) for prompts and scoring."""
 
     def initial_prompt_tokens(self, options: DecodeOptions) -> list[int]:
         """The tokens of ``options.initial_prompt`` (none without one), in one place so that
@@ -260,49 +329,8 @@ class Transcriber(ABC):
         """Release the runtime's memory and threads."""
 
 
-def clip_languages(
-    options: DecodeOptions, languages: Sequence[str | None] | None, n: int
-) -> list[str | None]:
-    """The language code of each of ``n`` clips: its own from ``languages``, else
-    ``options.language``, else None (to be detected). Shared by the backends so that an
-    unknown language fails the same way, before any audio is processed."""
-    # imported here: whispertune.languages loads transformers' tables, which importing the
-    # backend interface alone (options, --help) should not pay for
-    from whispertune.languages import language_code
-
-    default_lang = language_code(options.language) if options.language else None
-    return [language_code(lang) if lang else default_lang for lang in (languages or [None] * n)]
-
-
-def detect_missing_languages(
-    langs: list[str | None],
-    multilingual: bool,
-    detect: Callable[[], Sequence[tuple[str, float]]],
-) -> tuple[list[str | None], list[float | None]]:
-    """Languages filled in where ``clip_languages`` left None, with their probabilities.
-
-    An English-only model is English throughout. Otherwise ``detect`` (the backend's own
-    detection, most probable (code, probability) per clip of the batch) runs only when some
-    clip has no language, since it costs a decoder pass; given languages keep probability None.
-    """
-    n = len(langs)
-    probs: list[float | None] = [None] * n
-    if not multilingual:
-        return ["en"] * n, probs
-    langs = list(langs)
-    if any(lang is None for lang in langs):
-        for i, (lang, prob) in enumerate(detect()):
-            if langs[i] is None:
-                langs[i], probs[i] = lang, prob
-    return langs, probs
-
-
-def clip_duration(audio: np.ndarray) -> float:
-    """Seconds of a clip as decoded: anything past Whisper's 30 s window is not seen, so
-    segment times and ``consumed`` are capped there by every backend."""
-    return min(len(audio) / SAMPLE_RATE, CHUNK_SECONDS)
-
-
+# Here and not in ``decoding``: it is the rule the data types' texts are joined by, and callers
+# of the interface (evaluation, long-form transcription) need it without the decoding rules.
 def join_texts(texts) -> str:
     """Pieces of transcript joined: a space between Latin words, nothing between CJK
     characters (Whisper's own segment texts usually carry their leading space)."""
@@ -319,131 +347,3 @@ def join_texts(texts) -> str:
             out += " "
         out += t
     return out
-
-
-def compression_ratio(text: str) -> float:
-    """gzip ratio of the text: Whisper's repetition-loop detector (loops compress well)."""
-    data = text.encode("utf-8")
-    if not data:
-        return 0.0
-    return len(data) / len(zlib.compress(data))
-
-
-def needs_fallback(
-    options: DecodeOptions, ratio: float, avg_logprob: float, no_speech_prob: float | None
-) -> bool:
-    """Whisper's rule: decode again hotter if the text loops or is improbable — unless the
-    window is silence anyway (then a hotter decode would only invent more)."""
-    bad = False
-    if (
-        options.compression_ratio_threshold is not None
-        and ratio > options.compression_ratio_threshold
-    ):
-        bad = True
-    if options.log_prob_threshold is not None and avg_logprob < options.log_prob_threshold:
-        bad = True
-    if is_silence(options, avg_logprob, no_speech_prob):
-        bad = False
-    return bad
-
-
-def is_silence(options: DecodeOptions, avg_logprob: float, no_speech_prob: float | None) -> bool:
-    """No-speech guard: the model says "no speech" and its text is improbable."""
-    if options.no_speech_threshold is None or no_speech_prob is None:
-        return False
-    if no_speech_prob <= options.no_speech_threshold:
-        return False
-    if options.log_prob_threshold is not None and avg_logprob > options.log_prob_threshold:
-        return False  # confident text despite the no-speech token: keep it
-    return True
-
-
-def split_timestamped(
-    tokens: Sequence[int],
-    timestamp_begin: int,
-    eot: int,
-    duration: float,
-    decode,
-) -> tuple[list[ClipSegment], float]:
-    """Segments from a token sequence with Whisper timestamp tokens, and the seconds consumed.
-
-    Whisper writes ``<|t0|> text <|t1|><|t1'|> text <|t2|>``: each pair of adjacent timestamps
-    closes one segment and opens the next. Output that ends with a single timestamp (or none)
-    after text means the window's speech ended; output that ends on a pair means the last
-    sentence runs past the window, so only up to that last timestamp is final (``consumed``).
-    The unfinished tail is still returned, as a last segment with ``final=False`` ending at
-    ``duration``: a long-form loop that moves its window to ``consumed`` drops it and decodes
-    it again; a caller whose windows are not decoded again (VAD chunks) keeps it.
-    ``decode`` turns text token ids into a string.
-    """
-    tokens = [t for t in tokens if t != eot]
-    segments: list[ClipSegment] = []
-
-    def stamp(t: int) -> float:
-        return min(duration, (t - timestamp_begin) * TIME_PRECISION)
-
-    def add(piece: list[int], start: float, end: float, final: bool = True) -> None:
-        text_ids = [t for t in piece if t < eot]
-        if text_ids:
-            segments.append(
-                ClipSegment(start, max(start, end), decode(text_ids), text_ids, final=final)
-            )
-
-    is_ts = [t >= timestamp_begin for t in tokens]
-    single_ending = len(tokens) >= 2 and not is_ts[-2] and is_ts[-1]
-    pairs = [i for i in range(1, len(tokens)) if is_ts[i] and is_ts[i - 1]]
-    if pairs:
-        cuts = pairs + ([len(tokens)] if single_ending else [])
-        last = 0
-        for cut in cuts:
-            piece = tokens[last:cut]
-            add(piece, stamp(piece[0]), stamp(piece[-1]))
-            last = cut
-        consumed = duration if single_ending else stamp(tokens[last - 1])
-        if not single_ending:
-            add(tokens[last:], consumed, duration, final=False)
-        if consumed <= 0:  # a stuck window: never seek backwards or stand still
-            consumed = duration
-    else:
-        stamps = [t for t in tokens if t >= timestamp_begin]
-        start = stamp(stamps[0]) if stamps else 0.0
-        end = duration
-        if len(stamps) >= 2 and stamps[-1] != timestamp_begin:
-            end = stamp(stamps[-1])
-        add(tokens, start, end)
-        consumed = duration
-    return [s for s in segments if s.text.strip()], consumed
-
-
-def avg_logprob_from_score(score: float, length: int, length_penalty: float = 1.0) -> float:
-    """Average log-probability per token (end token included) from a length-normalized score,
-    as Whisper computes it for the log-prob guard."""
-    cum = score * (length**length_penalty)
-    return cum / (length + 1)
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """Guards given as 'inf'/'-inf' on the command line mean "off"."""
-    if value is None or math.isinf(value):
-        return None
-    return value
-
-
-def normalized_guards(options: DecodeOptions) -> DecodeOptions:
-    """A copy of ``options`` with infinite thresholds turned into None (off)."""
-    from dataclasses import replace
-
-    temps = [float(t) for t in (options.temperatures or [0.0])]
-    if any(t < 0 for t in temps):
-        raise UserError(f"temperatures must be >= 0, got {temps}")
-    if options.beam_size < 1:
-        raise UserError(f"beam size must be at least 1, got {options.beam_size}")
-    if options.best_of < 1:
-        raise UserError(f"best-of must be at least 1, got {options.best_of}")
-    return replace(
-        options,
-        temperatures=temps,
-        compression_ratio_threshold=finite_or_none(options.compression_ratio_threshold),
-        log_prob_threshold=finite_or_none(options.log_prob_threshold),
-        no_speech_threshold=finite_or_none(options.no_speech_threshold),
-    )

@@ -13,22 +13,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from whispertune.audio import SAMPLE_RATE
 from whispertune.backends.base import (
     CHUNK_SECONDS,
-    MAX_TARGET_TOKENS,
-    SAMPLE_RATE,
-    ClipSegment,
+    ClipBatch,
     DecodeOptions,
+    EncodedClip,
+    Tokens,
     Transcriber,
     Transcript,
     Word,
+)
+from whispertune.backends.decoding import (
+    MAX_TARGET_TOKENS,
     avg_logprob_from_score,
     clip_duration,
     clip_languages,
@@ -42,7 +45,7 @@ from whispertune.backends.base import (
 from whispertune.errors import UserError
 from whispertune.models.sources import ModelSource, resolve
 from whispertune.output_style import read_style
-from whispertune.rescoring import choose, wants_rescoring
+from whispertune.rescoring import rescore_segments, rescore_text, wants_rescoring
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +80,21 @@ class _Decoded:
     scores: list[float] = field(default_factory=list)
 
 
+@dataclass
+class _Encoded(EncodedClip):
+    """Clip ``index`` of an encoded batch: scoring reads its row of the encoder output (on a
+    GPU, where that output stays on the device, it encodes the clip's features again)."""
+
+    encoded: object  # ctranslate2.StorageView of the whole batch
+    feats: np.ndarray
+    index: int
+    frames: int  # 10 ms frames of the clip's audio (align needs it; its probabilities do not)
+
+
 class CT2Transcriber(Transcriber):
     name = "ct2"
     supports_word_timestamps = True
+    scores_end_of_text = False  # CTranslate2's align scores the text tokens only
 
     def __init__(
         self,
@@ -202,53 +217,33 @@ class CT2Transcriber(Transcriber):
             for ranked in self.model.detect_language(encoded)
         ]
 
-    def _transcribe_clips(
-        self,
-        audios: Sequence[np.ndarray],
-        options: DecodeOptions,
-        languages: Sequence[str | None] | None = None,
-        *,
-        timestamps: bool = False,
-        word_timestamps: bool = False,
-        previous_tokens: Sequence[Sequence[int] | None] | None = None,
-    ) -> list[Transcript]:
-        n = len(audios)
+    def _transcribe_clips(self, batch: ClipBatch, options: DecodeOptions) -> list[Transcript]:
+        n = len(batch)
         if self._pool is None or n < 2:
-            return self._transcribe_batch(
-                audios, options, languages, timestamps, word_timestamps, previous_tokens
-            )
+            return self._transcribe_batch(batch, options)
         # Split the batch into parts for the workers (CTranslate2 releases the GIL): twice as
         # many parts as workers, taken in turn, so no core idles while the other finishes a
-        # long part.
+        # long part. Each part is reported done as it finishes, in the caller's thread.
         k = min(2 * self.workers, n)
         bounds = [round(i * n / k) for i in range(k + 1)]
-        futures = [
-            self._pool.submit(
-                self._transcribe_batch,
-                audios[a:b],
-                options,
-                languages[a:b] if languages else None,
-                timestamps,
-                word_timestamps,
-                previous_tokens[a:b] if previous_tokens is not None else None,
-            )
+        futures = {
+            self._pool.submit(self._transcribe_batch, batch.part(a, b), options): (a, b)
             for a, b in zip(bounds, bounds[1:], strict=False)
-        ]
+        }
+        for future in as_completed(futures):
+            future.result()  # a failed part fails the call now
+            if batch.clip_done is not None:
+                for i in range(*futures[future]):
+                    batch.clip_done(i)
         return [t for f in futures for t in f.result()]
 
-    def _transcribe_batch(
-        self,
-        audios: Sequence[np.ndarray],
-        options: DecodeOptions,
-        languages: Sequence[str | None] | None,
-        timestamps: bool,
-        word_timestamps: bool,
-        previous_tokens: Sequence[Sequence[int] | None] | None,
-    ) -> list[Transcript]:
+    def _transcribe_batch(self, batch: ClipBatch, options: DecodeOptions) -> list[Transcript]:
+        audios = batch.audios
         if not audios:
             return []
+        timestamps = batch.timestamps
         options = normalized_guards(options)
-        langs = clip_languages(options, languages, len(audios))
+        langs = clip_languages(options, batch.languages, len(audios))
         feats = np.stack([self._features(a) for a in audios])
         encoded = self._encode(feats)
         langs, probs = detect_missing_languages(
@@ -261,8 +256,8 @@ class CT2Transcriber(Transcriber):
         prompts = []
         for i, lang in enumerate(langs):
             previous = list(prompt_prefix)
-            if previous_tokens is not None and previous_tokens[i]:
-                previous += list(previous_tokens[i])
+            if batch.previous_tokens is not None and batch.previous_tokens[i]:
+                previous += list(batch.previous_tokens[i])
             prompts.append(
                 self.fw.get_prompt(
                     tokenizers[(lang, options.task)],
@@ -300,8 +295,19 @@ class CT2Transcriber(Transcriber):
                 t.tokens = text_ids
                 t.text = self.hf_tokenizer.decode(text_ids).strip()
                 rescored = rescore[i] and res.temperature == 0 and bool(t.text)
+                clip = _Encoded(encoded, feats, i, min(N_FRAMES, max(1, len(audios[i]) // HOP)))
                 if rescored and not timestamps:
-                    t.text, t.tokens = self._rescored(encoded, feats, i, prompts[i], res, audios[i])
+                    # the beam's hypotheses, with their total log-probabilities (end of text
+                    # included: faster-whisper's reading of CTranslate2's normalized score)
+                    beams = [res.tokens, *res.alternatives]
+                    hypotheses = [
+                        self.hf_tokenizer.decode([x for x in ids if x < self.eot]).strip()
+                        for ids in beams
+                    ]
+                    totals = [
+                        score * len(ids) for ids, score in zip(beams, res.scores, strict=True)
+                    ]
+                    t.text, t.tokens = rescore_text(self, clip, prompts[i], hypotheses, totals)
                 if timestamps:
                     t.segments, t.consumed = split_timestamped(
                         res.tokens,
@@ -312,64 +318,34 @@ class CT2Transcriber(Transcriber):
                     )
                     if rescored:
                         tk = tokenizers[(lang, options.task)]
-                        start = [*tk.sot_sequence, tk.no_timestamps]
-                        self._rescore_segments(encoded, feats, i, start, t.segments, duration)
+                        rescore_segments(
+                            self, clip, [*tk.sot_sequence, tk.no_timestamps], t.segments
+                        )
                     t.tokens = [x for s in t.segments for x in s.tokens]
                     t.text = "".join(s.text for s in t.segments).strip()
             out.append(t)
-        if timestamps and word_timestamps:
+        if timestamps and batch.word_timestamps:
             self._add_words(out, encoded, feats, langs, options.task, audios)
         return out
 
-    def _rescored(self, encoded, feats, i: int, prompt, res: _Decoded, audio) -> tuple[str, list]:
-        """The clip's text after rescoring its beam with the word model (see rescoring)."""
-        beams = list(zip([res.tokens, *res.alternatives], res.scores, strict=True))
-        hypotheses = [
-            self.hf_tokenizer.decode([x for x in ids if x < self.eot]).strip() for ids, _ in beams
-        ]
-        # the beam's total log-probability, end of text included (faster-whisper's reading
-        # of CTranslate2's length-normalized score)
-        totals = [score * len(ids) for ids, score in beams]
-        frames = min(N_FRAMES, max(1, len(audio) // 160))  # 10 ms frames at 16 kHz
+    def _encode_clip(self, audio: np.ndarray) -> _Encoded:
+        feats = self._features(audio)[None]
+        return _Encoded(self._encode(feats), feats, 0, min(N_FRAMES, max(1, len(audio) // HOP)))
 
-        def acoustic(texts: Sequence[str]) -> list[float]:
-            seqs = [self.encode_text(t) for t in texts]
-            return self._forced_logprobs(encoded, feats, i, prompt, seqs, frames)
-
-        choice = choose(hypotheses, acoustic, end_scores=totals)
-        return choice.text, self.encode_text(choice.text)
-
-    def _rescore_segments(self, encoded, feats, i: int, start, segments, duration) -> None:
-        """Timestamped windows (long-form): each segment's text is rescored among its
-        homophone variants, scored by the acoustic model with the rest of the window's text
-        around it. The beam's other hypotheses are not used: their segments do not line up."""
-        frames = min(N_FRAMES, max(1, round(duration * 100)))
-        for k, seg in enumerate(segments):
-            if not seg.text.strip():
-                continue
-            before = [x for s in segments[:k] for x in s.tokens]
-            after = [x for s in segments[k + 1 :] for x in s.tokens]
-
-            def acoustic(texts: Sequence[str], before=before, after=after) -> list[float]:
-                seqs = [before + self.encode_text(t) + after for t in texts]
-                return self._forced_logprobs(encoded, feats, i, start, seqs, frames)
-
-            seg.text = choose([seg.text], acoustic).text
-            seg.tokens = self.encode_text(seg.text)
-
-    def _forced_logprobs(self, encoded, feats, i: int, start, seqs, frames: int) -> list[float]:
-        """Log-probability of each token sequence given clip ``i`` (teacher forcing, end of
-        text left out), from CTranslate2's align: the acoustic side of rescoring."""
+    def _score_tokens(self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]) -> list[float]:
+        """Summed log-probabilities of each sequence's tokens (end of text left out), from
+        CTranslate2's align over one copy of the clip's encoder output per sequence."""
         import ctranslate2
 
-        if self.device == "cpu":  # one copy of the clip's encoder output per sequence
-            one = np.asarray(encoded)[i : i + 1]
+        if self.device == "cpu":
+            one = np.asarray(clip.encoded)[clip.index : clip.index + 1]
             repeated = ctranslate2.StorageView.from_array(
                 np.ascontiguousarray(np.repeat(one, len(seqs), 0))
             )
         else:
-            repeated = self._encode(np.ascontiguousarray(np.repeat(feats[i : i + 1], len(seqs), 0)))
-        aligned = self.model.align(repeated, start, seqs, frames)
+            row = clip.feats[clip.index : clip.index + 1]
+            repeated = self._encode(np.ascontiguousarray(np.repeat(row, len(seqs), 0)))
+        aligned = self.model.align(repeated, prompt, seqs, clip.frames)
         return [float(np.log(np.maximum(r.text_token_probs, 1e-12)).sum()) for r in aligned]
 
     def _generate_with_fallback(
@@ -496,4 +472,4 @@ class CT2Transcriber(Transcriber):
         self.fw = None
 
 
-__all__ = ["CT2Transcriber", "ClipSegment", "ct2_model_dir"]
+__all__ = ["CT2Transcriber", "ct2_model_dir"]

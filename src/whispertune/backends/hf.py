@@ -9,17 +9,24 @@ features, given the same thresholds as the CTranslate2 backend.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from whispertune.audio import SAMPLE_RATE
 from whispertune.backends.base import (
     CHUNK_SECONDS,
-    SAMPLE_RATE,
+    ClipBatch,
     ClipSegment,
     DecodeOptions,
+    EncodedClip,
+    Tokens,
     Transcriber,
     Transcript,
+)
+from whispertune.backends.decoding import (
     clip_duration,
     clip_languages,
     detect_missing_languages,
@@ -27,13 +34,23 @@ from whispertune.backends.base import (
 )
 from whispertune.errors import UserError
 from whispertune.models.sources import ModelSource
-from whispertune.output_style import read_style
-from whispertune.rescoring import choose, wants_rescoring
+from whispertune.output_style import OutputStyle, read_style
+from whispertune.rescoring import rescore_text, wants_rescoring
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _Features(EncodedClip):
+    """One clip's log-mel features (a 1 x mels x 3000 tensor on the model's device)."""
+
+    feats: object
+
+
 class HFTranscriber(Transcriber):
+    """Calls from several threads are serialized (``_lock``): ``generate`` keeps per-call state
+    on the model and its generation config, so two decodes at once are not safe."""
+
     name = "transformers"
 
     def __init__(
@@ -51,9 +68,28 @@ class HFTranscriber(Transcriber):
         if threads:
             torch.set_num_threads(threads)
         self.loaded = load_transformers(model, dtype=dtype, device=device)
+        self._bind(self.loaded.model, self.loaded.processor, device)
         self.recorded_style = read_style(self.loaded.source.path)
-        self.model = self.loaded.model
-        self.processor = self.loaded.processor
+
+    @classmethod
+    def from_loaded(
+        cls, model, processor, *, device: str | None = None, style: OutputStyle | None = None
+    ) -> HFTranscriber:
+        """A transcriber over a model already in memory, e.g. the trainer's own mid-training,
+        so that validation decodes exactly as ``whispertune evaluate`` does without saving and
+        reloading it. The caller keeps the model (and its train/eval mode); ``style`` is the
+        output style its training transcripts recorded."""
+        self = cls.__new__(cls)
+        self.loaded = None
+        self._bind(model, processor, device or str(next(model.parameters()).device))
+        self.recorded_style = style or OutputStyle()
+        return self
+
+    def _bind(self, model, processor, device: str) -> None:
+        # re-entrant: a decode rescores its clips through score_tokens, which locks too
+        self._lock = threading.RLock()
+        self.model = model
+        self.processor = processor
         self.device = device
         self.dtype = next(self.model.parameters()).dtype
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", True))
@@ -84,21 +120,17 @@ class HFTranscriber(Transcriber):
         best = probs.argmax(-1).tolist()
         return [(self.lang_ids[ids[b]], float(probs[i, b])) for i, b in enumerate(best)]
 
-    def _transcribe_clips(
-        self,
-        audios: Sequence[np.ndarray],
-        options: DecodeOptions,
-        languages: Sequence[str | None] | None = None,
-        *,
-        timestamps: bool = False,
-        word_timestamps: bool = False,
-        previous_tokens: Sequence[Sequence[int] | None] | None = None,
-    ) -> list[Transcript]:
+    def _transcribe_clips(self, batch: ClipBatch, options: DecodeOptions) -> list[Transcript]:
+        with self._lock:
+            return self._decode(batch, options)
+
+    def _decode(self, batch: ClipBatch, options: DecodeOptions) -> list[Transcript]:
         import torch
 
+        audios, timestamps, previous_tokens = batch.audios, batch.timestamps, batch.previous_tokens
         if not audios:
             return []
-        if word_timestamps:
+        if batch.word_timestamps:
             raise UserError("word timestamps need the ct2 backend (--backend ct2)")
         options = normalized_guards(options)
         n = len(audios)
@@ -108,22 +140,9 @@ class HFTranscriber(Transcriber):
             and len({tuple(p or ()) for p in previous_tokens}) > 1
         ):
             # generate() takes one prompt for the whole batch
-            out: list[Transcript] = []
-            for i in range(n):
-                out += self._transcribe_clips(
-                    [audios[i]],
-                    options,
-                    [languages[i]] if languages else None,
-                    timestamps=timestamps,
-                    previous_tokens=[previous_tokens[i]],
-                )
-            return out
-        langs = clip_languages(options, languages, n)
-        feats = self.processor.feature_extractor(
-            [np.asarray(a, dtype=np.float32)[: int(CHUNK_SECONDS * SAMPLE_RATE)] for a in audios],
-            sampling_rate=SAMPLE_RATE,
-            return_tensors="pt",
-        ).input_features.to(self.device, self.dtype)
+            return [t for i in range(n) for t in self._decode(batch.part(i, i + 1), options)]
+        langs = clip_languages(options, batch.languages, n)
+        feats = self._features(audios)
         langs, probs = detect_missing_languages(
             langs, self.multilingual, lambda: self._detect(feats)
         )
@@ -194,42 +213,53 @@ class HFTranscriber(Transcriber):
                 tokens=text_ids,
             )
             if t.text and wants_rescoring(options.rescore, t.language, options.task):
-                t.text = choose(
-                    [t.text],
-                    lambda texts, i=i, lang=t.language: self._forced_logprobs(
-                        feats[i : i + 1], lang, options.task, texts
-                    ),
-                ).text
-                t.tokens = self.encode_text(t.text)
+                clip = _Features(feats[i : i + 1])
+                prompt = self._start_tokens(t.language, options.task)
+                t.text, t.tokens = rescore_text(self, clip, prompt, [t.text])
             results.append(t)
         return results
 
-    def _forced_logprobs(self, feats, language: str, task: str, texts) -> list[float]:
-        """Log-probability of each text's tokens given the clip (teacher forcing): the
-        acoustic side of rescoring, as CTranslate2's align gives it in the ct2 backend."""
-        import torch
+    def _features(self, audios: Sequence[np.ndarray]):
+        """Log-mel features of clips (the first 30 s of each), on the model's device."""
+        return self.processor.feature_extractor(
+            [np.asarray(a, dtype=np.float32)[: int(CHUNK_SECONDS * SAMPLE_RATE)] for a in audios],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+        ).input_features.to(self.device, self.dtype)
 
+    def _start_tokens(self, language: str | None, task: str) -> list[int]:
+        """The decoder's start without timestamps: start of transcript, language and task (a
+        multilingual model), no-timestamps."""
         config = self.model.generation_config
         start = [config.decoder_start_token_id]
         if self.multilingual:
             start += [config.lang_to_id[f"<|{language}|>"], config.task_to_id[task]]
         start.append(config.no_timestamps_token_id)
-        seqs = [self.encode_text(t) for t in texts]
-        width = len(start) + max(len(s) for s in seqs) + 1
-        ids = torch.full((len(seqs), width), self.eot, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, : len(start) + len(s)] = torch.tensor(start + s)
-        with torch.inference_mode():
-            encoded = self.model.model.encoder(feats).last_hidden_state
-            logits = self.model(
-                encoder_outputs=(encoded.expand(len(seqs), -1, -1),),
-                decoder_input_ids=ids.to(self.device),
-            ).logits.float()
+        return start
+
+    def _encode_clip(self, audio: np.ndarray) -> _Features:
+        return _Features(self._features([audio]))
+
+    def _score_tokens(self, clip: _Features, prompt: Tokens, seqs: list[Tokens]) -> list[float]:
+        """Summed log-probabilities of each sequence's tokens and the end of text after them (a
+        candidate cut short pays for stopping early), by one teacher-forced decoder pass."""
+        import torch
+
+        with self._lock:
+            start = prompt
+            width = len(start) + max(len(s) for s in seqs) + 1
+            ids = torch.full((len(seqs), width), self.eot, dtype=torch.long)
+            for row, s in enumerate(seqs):
+                ids[row, : len(start) + len(s)] = torch.tensor(start + s)
+            with torch.inference_mode():
+                encoded = self.model.model.encoder(clip.feats).last_hidden_state
+                logits = self.model(
+                    encoder_outputs=(encoded.expand(len(seqs), -1, -1),),
+                    decoder_input_ids=ids.to(self.device),
+                ).logits.float()
         logprobs = logits.log_softmax(-1)
         out = []
         for row, s in enumerate(seqs):
-            # the text's tokens and the end of text after them: a candidate cut short pays
-            # for stopping early
             positions = torch.arange(len(start) - 1, len(start) + len(s))
             targets = torch.tensor([*s, self.eot])
             out.append(float(logprobs[row, positions, targets].sum()))

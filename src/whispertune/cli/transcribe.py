@@ -1,4 +1,4 @@
-"""CLI: ``whispertune transcribe`` -> whispertune.transcribe.transcribe."""
+"""CLI: ``whispertune transcribe`` -> whispertune.transcribe.transcribe_files."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from whispertune import options
-from whispertune.formats import format_timestamp
-from whispertune.transcribe import Segment, TranscribeOptions, TranscriptionInfo, transcribe
+from whispertune.transcribe import TranscribeOptions
 
 DESCRIPTION = """\
 Transcribe (or translate to English) audio and video files of any length and format. Long
@@ -25,20 +22,8 @@ all the audio). Either way a segment start that Whisper put in the pause before 
 moved onto the speech (VAD), and a window whose output stops before its speech does is decoded
 again from there.
 
-Why these defaults (measured with the built-in base on a 3.6-min Mandarin recording, a 5.7-min
-English one, and 10-30 s of digital silence and of -50 dBFS white noise):
-  --vad: same accuracy as --no-vad (CER 18.4 vs 18.2 %, WER 5.2 vs 5.5 %), about 1.8x
-    faster (RTF 0.038 vs 0.07 on 2 cores), and no text at all on silence or noise; --no-vad
-    without its VAD gate (--no-silence-gate) writes "You" on silence and "Thanks for
-    watching." on noise.
-  guards (--temperature 0 0.2 .. 1, --compression-ratio-threshold 2.4, --log-prob-threshold
-    -1, --no-speech-threshold 0.6; Whisper's values): on speech they never fired; on silence
-    and noise they turn every Mandarin loop ("你别忘了你别忘了...") into empty output. Stricter
-    no-speech values are unsafe: real Mandarin windows reach a no-speech probability of 0.93
-    (their log-probability, -0.5, is what keeps them).
-  --no-condition-on-previous-text: conditioning lowered CER on clean speech (15.5 vs 18.2 %)
-    but made the model repeat earlier sentences over a minute of noise (34 invented
-    characters vs none), the failure mode that is hardest to notice.
+Why these defaults (--vad, Whisper's guards, no conditioning on previous text), with the
+measurements: see docs/transcription.md.
 """
 
 
@@ -54,24 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from whispertune.cli._progress import progress_bar
+    from whispertune.formats import format_timestamp
+    from whispertune.transcribe import Segment, TranscriptionInfo, transcribe_files
+
     opts = options.from_args(TranscribeOptions, args)
     quiet = getattr(args, "quiet", False)
-    bar: tqdm | None = None
     announced: set[Path] = set()
-
-    def progress(done: float, total: float | None) -> None:
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None:
-            bar = tqdm(
-                total=round(total, 1) if total else None,
-                desc="transcribing",
-                unit="s",
-                dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s audio [{elapsed}<{remaining}]",
-            )
-        bar.update(round(done, 1) - bar.n)
 
     def on_segment(path: Path, info: TranscriptionInfo, seg: Segment) -> None:
         if path not in announced:
@@ -87,11 +63,8 @@ def run(args: argparse.Namespace) -> int:
                 f"[{format_timestamp(seg.start)} --> {format_timestamp(seg.end)}] {seg.text}"
             )
 
-    try:
-        outcomes = transcribe(opts, progress=progress, on_segment=on_segment)
-    finally:
-        if bar is not None:
-            bar.close()
+    with progress_bar("transcribing", quiet=quiet) as progress:
+        outcomes = transcribe_files(opts, progress=progress, on_segment=on_segment)
     failed = 0
     for o in outcomes:
         if o.error:

@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from whispertune.audio import AudioError
+from whispertune.audio import AudioError, audio_file_problem
 from whispertune.data.manifest import ManifestError, Sample, parse_line, write_manifest
 from whispertune.errors import UserError
 from whispertune.languages import is_known_language
@@ -150,18 +150,9 @@ def measure_duration(path: Path) -> float:
     """
     import soundfile as sf
 
-    if not path.exists():
-        raise AudioError("audio file not found")
-    if not path.is_file():
-        raise AudioError("audio path is not a file")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb"):
-            pass
-    except OSError as e:
-        raise AudioError(f"audio file cannot be read ({e.strerror})") from e
-    if size == 0:
-        raise AudioError("audio file is empty (0 bytes)")
+    problem = audio_file_problem(path)
+    if problem is not None:  # the caller names the path after the reason
+        raise AudioError(problem)
     try:
         info = sf.info(str(path))
         if info.frames > 0 and info.samplerate > 0:
