@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "evaluate",
     "transcribe",
     "export",
+    "serve",
 )
 # Kept at WARNING (INFO is their progress chatter) unless -vv.
 _NOISY_LOGGERS = ("httpx", "urllib3", "huggingface_hub", "filelock", "faster_whisper", "jieba")
