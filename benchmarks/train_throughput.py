@@ -114,6 +114,7 @@ def _peer(manifest: Path, steps: int, batch: int, out: Path) -> dict:
 
 def _ours(manifest: Path, steps: int, batch: int, out: Path, extra: list[str]) -> dict:
     from whispertune import options
+    from whispertune.progress import ProgressEvent
     from whispertune.train import TrainOptions, train
 
     values = {
@@ -133,14 +134,14 @@ def _ours(manifest: Path, steps: int, batch: int, out: Path, extra: list[str]) -
     times: list[float] = []
     cache = {"start": None, "end": None}
 
-    def progress(event: dict) -> None:
-        if event["kind"] == "step":
+    def progress(event: ProgressEvent) -> None:
+        if event.stage == "train" and event.done == 0:  # training starts
+            times.clear()
+        elif event.stage == "train":
             times.append(time.perf_counter())
-        elif event["kind"] == "cache":
+        elif event.stage == "encoder-cache" and event.done > 0:
             cache["start"] = cache["start"] or time.perf_counter()
             cache["end"] = time.perf_counter()
-        elif event["kind"] == "start":
-            times.clear()
 
     result = train(options.build(TrainOptions, values), progress=progress)
     run = json.loads((out / "run.json").read_text())

@@ -67,13 +67,26 @@ def _prefix(source: str) -> str:
 
 def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = False) -> None:
     """Add one argument per dataclass field of ``cls`` to ``parser``."""
+    _add_fields(parser, cls, config_file)
+    if config_file:
+        parser.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="YAML or JSON file with options (keys as the long flags, '-' or '_'); "
+            "flags given on the command line override it",
+        )
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, config_file: bool) -> None:
+    # config_file: a required option may come from the file, so argparse must not demand it
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("cli") is False:
             continue
         tp = _unwrap_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):  # nested options: their flags sit beside ours
-            add_options(parser, tp)
+            _add_fields(parser, tp, config_file)
             continue
         default = _field_default(f)
         help_text = f.metadata.get("help", "")
@@ -114,14 +127,6 @@ def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = 
             required=required,
             metavar=f.metadata.get("metavar"),
             **kwargs,
-        )
-    if config_file:
-        parser.add_argument(
-            "--config",
-            type=Path,
-            default=None,
-            help="YAML or JSON file with options (keys as the long flags, '-' or '_'); "
-            "flags given on the command line override it",
         )
 
 
@@ -171,7 +176,8 @@ def build(cls: type[T], values: dict[str, Any], source: str = "options") -> T:
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            f"{source}: unknown option(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(option_names(cls)))}"
         )
     kwargs = {}
     for name, value in values.items():
@@ -230,8 +236,60 @@ def option_names(cls: type) -> set[str]:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A JSON-friendly dict of an options dataclass (Paths as strings)."""
-    out = {}
-    for k, v in dataclasses.asdict(obj).items():
-        out[k] = str(v) if isinstance(v, Path) else v
+    """A flat, JSON-friendly dict of an options dataclass (Paths as strings): nested option
+    groups are flattened, so the keys are the flags' names, as ``build`` reads them back."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out.update(to_dict(v))
+        else:
+            out[f.name] = _jsonable(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
     return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def schema(cls: type, group: str = "") -> list[dict[str, Any]]:
+    """One dict per option of ``cls`` (nested groups flattened, in ``--help`` order), for a UI
+    to build its form from the same definitions as the CLI: ``name`` (the config key),
+    ``flag``, ``group`` (the dotted path of its option group, "" at the top), ``type``
+    ("str", "int", "float", "bool", "path", "list[float]", ...), ``default`` (JSON-friendly;
+    None when there is none), ``help``, ``choices`` (or None), ``required``."""
+    hints = typing.get_type_hints(cls)
+    rows: list[dict[str, Any]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        tp = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            rows += schema(tp, f"{group}.{f.name}" if group else f.name)
+            continue
+        default = _field_default(f)
+        rows.append(
+            {
+                "name": f.name,
+                "flag": None if f.metadata.get("positional") else _flag(f),
+                "group": group,
+                "type": _type_name(tp),
+                "default": None if default is _MISSING else _jsonable(default),
+                "help": f.metadata.get("help", ""),
+                "choices": list(f.metadata["choices"]) if "choices" in f.metadata else None,
+                "required": default is _MISSING,
+            }
+        )
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (list, tuple):
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if tp is Path:
+        return "path"
+    return getattr(tp, "__name__", str(tp))

@@ -382,7 +382,7 @@ def test_adapter_scale_halves_what_training_changed(tiny_model, tmp_path):
 
     manifest = write_manifest(tmp_path / "m.jsonl", 4)
     o = _opts(tiny_model, manifest, tmp_path / "run", max_steps=4, learning_rate=1e-2)
-    assert o.adapter_scale == 0.5  # the default
+    assert o.lora.adapter_scale == 0.5  # the default
     result = train(o)
     trained = latest_checkpoint(tmp_path / "run")
     assert trained is not None and trained.name == "step-0000004"
@@ -433,7 +433,7 @@ def test_best_is_the_average_of_the_best_and_the_newest_checkpoints(tiny_model, 
         tiny_model, manifest, tmp_path / "run", max_steps=5, learning_rate=1e-2,
         eval=held, eval_steps=1, save_total_limit=3,
     )
-    assert o.average_checkpoints == 3  # the default
+    assert o.lora.average_checkpoints == 3  # the default
     result = train(o)
     assert result.best_step in result.averaged_steps and len(result.averaged_steps) == 3
     assert result.published_metric is not None

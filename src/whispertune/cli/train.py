@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from whispertune import options
+from whispertune.cli._progress import TqdmProgress
+from whispertune.progress import Cancelled, ProgressCallback, ProgressEvent
 from whispertune.train.config import TrainOptions
+
+if TYPE_CHECKING:
+    from whispertune.train.loop import TrainResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,35 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
-class _Bar:
-    """Turns training events into a tqdm bar (main process only)."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-        self.cache: tqdm | None = None
-
-    def __call__(self, event: dict) -> None:
-        kind = event["kind"]
-        if kind == "cache":
-            if self.cache is None:
-                self.cache = tqdm(total=event["total"], desc="encoder cache", unit="clip")
-            self.cache.update(event["done"] - self.cache.n)
-        elif kind == "start":
-            if self.cache is not None:
-                self.cache.close()
-            self.bar = tqdm(total=event["total_steps"], initial=event["step"], desc="training",
-                            unit="step", dynamic_ncols=True)
-        elif kind == "step" and self.bar is not None:
-            self.bar.update(event["step"] - self.bar.n)
-            self.bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
-        elif kind == "eval" and self.bar is not None and event.get("published"):
-            self.bar.write(f"best/ as published: eval {event['metric']} "
-                           f"{event['value'] * 100:.2f} %")
-        elif kind == "eval" and self.bar is not None:
-            self.bar.write(f"step {event['step']}: eval {event['metric']} "
-                           f"{event['value'] * 100:.2f} % (best {event['best'] * 100:.2f} %)")
-        elif kind == "end" and self.bar is not None:
-            self.bar.close()
+_LABELS = {"encoder-cache": "encoder cache", "train": "training"}
+_STOPPING = "stopping after this step; a checkpoint is saved (resume with --resume)"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -73,21 +58,93 @@ def _train(args: argparse.Namespace) -> int:
     # Under torchrun / accelerate launch only rank 0 draws progress and prints the result.
     # (Asking accelerate here would create its process state before the trainer configures it.)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    result = train(opts, progress=_Bar() if main_process else None)
+    cancel = threading.Event()
+    bars = TqdmProgress(_LABELS, quiet=args.quiet or not main_process)
+    try:
+        with _stop_on_ctrl_c(cancel, main_process):
+            result = train(opts, progress=_callback(bars), cancel=cancel)
+    except Cancelled as stopped:
+        bars.close()
+        if main_process:
+            _print_stopped(stopped)
+        return 130
+    finally:
+        bars.close()
     if main_process:
-        print(f"{result.status}: {result.steps} steps in {result.seconds / 60:.1f} min; "
-              f"{result.train_samples} training samples ({result.filtered})")
-        if result.best_metric is not None:
-            metric = result.metric_name
-            print(f"best checkpoint (step {result.best_step}): eval {metric} "
-                  f"{result.best_metric * 100:.2f} %")
-        if result.published_metric is not None:
-            made = []
-            if result.averaged_steps:
-                made.append("average of steps " + ", ".join(map(str, result.averaged_steps)))
-            if opts.method != "full" and opts.adapter_scale != 1:
-                made.append(f"adapter x{opts.adapter_scale:g}")
-            print(f"best/ ({'; '.join(made)}): eval {result.metric_name} "
-                  f"{result.published_metric * 100:.2f} %")
-        print(f"model: {result.best_dir}")
+        _print_result(result, opts)
     return 0
+
+
+def _callback(bars: TqdmProgress) -> ProgressCallback:
+    """Bars for the encoder cache and the steps; an evaluation is a line above the training
+    bar (its own bar would close the training bar at every evaluation)."""
+
+    def on_event(event: ProgressEvent) -> None:
+        if event.stage not in ("validate", "validate-best"):
+            bars(event)
+        elif event.message and not bars.quiet:
+            bars.write(event.message)
+
+    return on_event
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(cancel: threading.Event, announce: bool) -> Iterator[None]:
+    """The first Ctrl-C sets ``cancel`` (the run saves a checkpoint after the current step and
+    stops); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+
+    def on_sigint(signum, frame) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        if announce:
+            tqdm.write(_STOPPING, file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _print_stopped(stopped: Cancelled) -> None:
+    if stopped.state != "resumable":
+        print(f"{stopped}: stopped before the first step; nothing to resume")
+        return
+    print(f"{stopped}")
+    print(f"resume with: {_resume_command()}")
+
+
+def _resume_command() -> str:
+    """This command line with --resume (the run continues with the same options)."""
+    argv = sys.argv[1:]
+    if "train" not in argv:
+        return "the same whispertune train command with --resume"
+    tail = argv[argv.index("train") + 1 :]
+    resume = [] if "--resume" in tail else ["--resume"]
+    return shlex.join(["whispertune", "train", *tail, *resume])
+
+
+def _print_result(result: TrainResult, opts: TrainOptions) -> None:
+    """The closing lines: how the run ended, the best epoch, best/ as published, where."""
+    print(
+        f"{result.status}: {result.steps} steps in {result.seconds / 60:.1f} min; "
+        f"{result.train_samples} training samples ({result.filtered})"
+    )
+    metric = result.metric_name
+    if result.best_metric is not None:
+        print(
+            f"best checkpoint (step {result.best_step}): eval {metric} "
+            f"{result.best_metric * 100:.2f} %"
+        )
+    if result.published_metric is not None:
+        made = []
+        if result.averaged_steps:
+            made.append("average of steps " + ", ".join(map(str, result.averaged_steps)))
+        if opts.lora.adapter and opts.lora.adapter_scale != 1:
+            made.append(f"adapter x{opts.lora.adapter_scale:g}")
+        print(f"best/ ({'; '.join(made)}): eval {metric} {result.published_metric * 100:.2f} %")
+    print(f"model: {result.best_dir}")

@@ -12,6 +12,7 @@ import numpy as np
 
 from whispertune.audio import SAMPLE_RATE, load_audio
 from whispertune.errors import UserError
+from whispertune.train.config import AugmentOptions
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm"}
 
 
 class Augmenter:
-    def __init__(self, options) -> None:
+    def __init__(self, options: AugmentOptions) -> None:
         self.o = options
         self.noise_files: list[Path] = []
         if options.noise_prob > 0:

@@ -41,6 +41,7 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints_saved: int = 0  # pruned ones included: says why few are left to average
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -240,11 +241,14 @@ def publish_best(
     made_of = [checkpoint]
     if average_with and average_adapters(tmp, average_with):
         made_of += average_with
-        logger.info("best: the average of %s", ", ".join(p.name for p in made_of))
+    what = (
+        "the average of " + ", ".join(p.name for p in made_of)
+        if len(made_of) > 1
+        else checkpoint.name
+    )
     if adapter_scale != 1 and scale_adapter(tmp, adapter_scale):
-        logger.info(
-            "best: %s, its adapter scaled by %g (--adapter-scale)", checkpoint.name, adapter_scale
-        )
+        what += f", its adapter scaled by {adapter_scale:g} (--adapter-scale)"
+    logger.info("best/: %s", what)
     processor.tokenizer.save_pretrained(tmp)
     processor.feature_extractor.save_pretrained(tmp)
     old = run_dir / (BEST + ".old")

@@ -1,31 +1,33 @@
-"""Every training option, its default and why, in one place (CLI, YAML and web UI read it)."""
+"""Every training option, its default and why, in one place (CLI, YAML and web UI read it).
+
+The options come in groups (data, lora, optim, augment, evaluation, run), each a dataclass, so
+that code and a UI can take one group at a time. The CLI flags, YAML keys and ``run.json``
+stay flat (``--lora-r``, ``lora_r:``): :mod:`whispertune.options` flattens nested option
+dataclasses, which is also why a leaf keeps its full name (``lora.lora_r``, not ``lora.r``).
+Why each default is what it is, with the measurements: docs/fine-tuning-recipe.md.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from whispertune.errors import UserError
+
 METHODS = ("lora", "adalora", "full")
 DEFAULT_ENCODER_LAYERS = 4
+# Whisper's last timestamp token (<|30.00|>): the longest window a target can time.
+MAX_TIMESTAMP = 30.0
+_RECIPE = "see docs/fine-tuning-recipe.md"
 
 
-@dataclass
-class TrainOptions:
+@dataclass(kw_only=True)
+class DataOptions:
+    """What is trained on and scored against, and how clips become training samples."""
+
     train: Path = field(metadata={"help": "training manifest (JSONL)"})
-    output: Path = field(metadata={"help": "run directory: checkpoints, metrics, best model"})
-    model: str = field(
-        default="builtin:base",
-        metadata={
-            "help": "model to fine-tune: builtin:base, a transformers/CTranslate2 "
-            "directory, an adapter directory or a hub id"
-        },
-    )
     eval: Path | None = field(
         default=None, metadata={"help": "evaluation manifest; scored by CER/WER with generate"}
-    )
-    method: str = field(
-        default="lora",
-        metadata={"help": "lora / adalora (peft adapters) or full fine-tuning", "choices": METHODS},
     )
     language: str | None = field(
         default=None,
@@ -35,49 +37,106 @@ class TrainOptions:
         default="transcribe",
         metadata={"help": "transcribe or translate", "choices": ["transcribe", "translate"]},
     )
-    # --- what is trained
+    timestamps: bool = field(
+        default=True,
+        metadata={
+            "help": "train timestamped targets where a sample has segment times ('sentences' "
+            "in the manifest, and every window of clips joined by --pack-seconds), as "
+            "long-form transcription decodes; --no-timestamps: plain targets only ("
+            + _RECIPE
+            + ")"
+        },
+    )
+    timestamp_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "with --timestamps: fraction of samples with 'sentences' trained "
+            "timestamped, the rest plain (training only one form breaks the other)"
+        },
+    )
+    no_speech_mix: float = field(
+        default=0.05,
+        metadata={
+            "help": "add this many generated no-speech clips (silence, noise at -75 to -25 "
+            "dBFS) per training clip, half trained as Whisper's no-speech token, half as an "
+            "empty transcript, so the model learns to write nothing on silence. 0: none"
+        },
+    )
+    pack_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "join consecutive clips of the manifest into training windows of up to "
+            "this many seconds (each window's length drawn at random, so single clips stay "
+            "in the mix): the encoder runs 30 s whatever the clip's length, so this trains "
+            "on speech instead of padding (" + _RECIPE + "). 0: off"
+        },
+    )
+    pack_pause: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --pack-seconds: put a silence of 0 to this many seconds (drawn per "
+            "pause) between joined clips. 0: clips back to back (" + _RECIPE + ")"
+        },
+    )
+    min_duration: float = field(default=0.5, metadata={"help": "skip clips shorter (s)"})
+    max_duration: float = field(default=30.0, metadata={"help": "skip clips longer (s)"})
+    max_label_tokens: int = field(
+        default=448, metadata={"help": "skip targets longer than this (decoder limit 448)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.pack_seconds > MAX_TIMESTAMP:
+            raise UserError(f"--pack-seconds {self.pack_seconds:g}: at most {MAX_TIMESTAMP:g} s")
+        if not 0 <= self.timestamp_ratio <= 1:
+            raise UserError(f"--timestamp-ratio {self.timestamp_ratio:g}: give a value in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class LoraOptions:
+    """What is trained: the method, where adapters go, and how best/ is made of them."""
+
+    method: str = field(
+        default="lora",
+        metadata={"help": "lora / adalora (peft adapters) or full fine-tuning", "choices": METHODS},
+    )
     lora_scope: str = field(
         default="encoder",
         metadata={
             "help": "where LoRA/AdaLoRA adapters go: encoder = only the last --encoder-layers "
             "of the encoder (speaker and channel adaptation; the decoder, and with it the "
             "model's vocabulary, stays as it was); decoder = the decoder too (learns the "
-            "transcripts' conventions, e.g. numerals, but on small data it forgets words "
-            "that are not in the training text); all = every layer of both (the seed's "
-            "recipe; slow, over-fits small data). With encoder/decoder the rest of the "
-            "encoder is frozen and its output cached",
+            "transcripts' conventions, e.g. numerals, but on small data forgets words the "
+            "training text lacks); all = every layer of both (slow, over-fits small data). "
+            "With encoder/decoder the rest of the encoder is frozen and its output cached ("
+            + _RECIPE
+            + ")",
             "choices": ["all", "decoder", "encoder"],
         },
     )
     lora_r: int = field(
-        default=8,
-        metadata={"help": "LoRA rank (AdaLoRA: the target rank); 8 matched 16 on small data"},
+        default=8, metadata={"help": "LoRA rank (AdaLoRA: the target rank; " + _RECIPE + ")"}
     )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        metadata={"help": "module names that get adapters"},
+    )
     adapter_scale: float = field(
         default=0.5,
         metadata={
-            "help": "the adapter in best/ is the trained one times this (WiSE-FT: half way "
-            "between the base model and the fine-tuned one). The best epoch is still chosen "
-            "at full scale. 0.5 beat 1.0 on both the validation clips and the long-form "
-            "proxy (docs/fine-tuning-recipe.md); 1 keeps the adapter as trained. "
-            "LoRA/AdaLoRA only"
+            "help": "the adapter in best/ is the trained one times this (WiSE-FT: 0.5 is half "
+            "way between the base model and the fine-tuned one; 1 keeps it as trained). The "
+            "best epoch is still chosen at full scale. LoRA/AdaLoRA only (" + _RECIPE + ")"
         },
     )
     average_checkpoints: int = field(
         default=3,
         metadata={
             "help": "at the end of training, best/ holds the average of this many adapters: "
-            "the best epoch's and the newest other checkpoints' (checkpoint averaging; "
-            "needs --save-total-limit of at least N-1). It beat the best epoch alone on the "
-            "validation clips and the long-form proxy (docs/fine-tuning-recipe.md). "
-            "1: the best epoch alone. LoRA only"
+            "the best epoch's and the newest other checkpoints' (needs --save-total-limit of "
+            "at least N-1). 1: the best epoch alone. LoRA only (" + _RECIPE + ")"
         },
-    )
-    lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-        metadata={"help": "module names that get adapters"},
     )
     freeze_encoder: bool = field(
         default=False,
@@ -87,10 +146,11 @@ class TrainOptions:
         default=None,
         metadata={
             "help": "with --lora-scope encoder/decoder or --freeze-encoder: train the last N "
-            "encoder layers (speaker and channel adaptation: on small data the largest "
-            "single gain measured, see docs/fine-tuning-recipe.md); the encoder cache then "
-            "holds the input of those layers, so a step runs N/L of the encoder "
-            f"(default: {DEFAULT_ENCODER_LAYERS} for LoRA, 0 for full fine-tuning)"
+            "encoder layers (speaker and channel adaptation); the encoder cache then holds "
+            "the input of those layers, so a step runs N/L of the encoder "
+            f"(default: {DEFAULT_ENCODER_LAYERS} for LoRA, 0 for full fine-tuning; "
+            + _RECIPE
+            + ")"
         },
     )
     encoder_cache: bool = field(
@@ -100,7 +160,48 @@ class TrainOptions:
             "outputs once per clip (fp16, on disk) and train the decoder on them"
         },
     )
-    # --- optimisation
+
+    def __post_init__(self) -> None:
+        if self.encoder_layers and not self.encoder_frozen():  # given explicitly
+            raise UserError(
+                "--encoder-layers N trains the last N encoder layers of an otherwise frozen "
+                "encoder: use it with --lora-scope encoder or decoder (LoRA) or --freeze-encoder "
+                "(full)"
+            )
+        if not 0 < self.adapter_scale <= 1:
+            raise UserError(
+                f"--adapter-scale {self.adapter_scale:g}: give a value in (0, 1] "
+                "(1 keeps the adapter as trained)"
+            )
+        if self.average_checkpoints < 1:
+            raise UserError(
+                f"--average-checkpoints {self.average_checkpoints}: give 1 (the best epoch "
+                "alone) or more"
+            )
+
+    @property
+    def adapter(self) -> bool:
+        """LoRA or AdaLoRA (a peft adapter), not full fine-tuning."""
+        return self.method != "full"
+
+    def encoder_frozen(self) -> bool:
+        if self.method == "full":
+            return self.freeze_encoder
+        return self.lora_scope in ("decoder", "encoder")
+
+    def trained_encoder_layers(self, available: int) -> int:
+        """Encoder layers trained on top of a frozen encoder, for a model with ``available``."""
+        if not self.encoder_frozen():
+            return 0
+        if self.encoder_layers is not None:
+            return self.encoder_layers
+        return min(available, DEFAULT_ENCODER_LAYERS) if self.adapter else 0
+
+
+@dataclass(kw_only=True)
+class OptimOptions:
+    """How long and how fast: schedule, batch, precision and the seed."""
+
     epochs: float | None = field(
         default=None,
         metadata={
@@ -116,8 +217,9 @@ class TrainOptions:
     learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": "peak learning rate (default: 2e-4 for LoRA/AdaLoRA, 1e-5 for full; the "
-            "seed's 1e-3 over-fits small data within an epoch)"
+            "help": "peak learning rate (default: 2e-4 for LoRA/AdaLoRA, 1e-5 for full; "
+            + _RECIPE
+            + ")"
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
@@ -145,61 +247,19 @@ class TrainOptions:
         default=False, metadata={"help": "load the base model in 8 bits (bitsandbytes + CUDA)"}
     )
     seed: int = field(default=0, metadata={"help": "random seed (data order, dropout, init)"})
-    # --- targets
-    timestamps: bool = field(
-        default=True,
-        metadata={
-            "help": "train timestamped targets where a sample has segment times: 'sentences' "
-            "in the manifest, and every window of clips joined by --pack-seconds. Long-form "
-            "transcription decodes 30 s windows with timestamps; against the base, an encoder "
-            "adapted on plain targets lost 1.6 points of long-form CER, one trained on both "
-            "forms 1.2 (docs/fine-tuning-recipe.md). --no-timestamps: plain targets only"
-        },
-    )
-    timestamp_ratio: float = field(
-        default=0.5,
-        metadata={
-            "help": "with --timestamps: fraction of samples with 'sentences' trained "
-            "timestamped, the rest plain (training only one form breaks the other)"
-        },
-    )
-    no_speech_mix: float = field(
-        default=0.05,
-        metadata={
-            "help": "add this many generated no-speech clips (silence, noise at -75 to -25 "
-            "dBFS) per training clip, half trained as Whisper's no-speech token, half as an "
-            "empty transcript: a fine-tune on speech alone keeps the base model's habit of "
-            "writing text on silence when no VAD is in front of it. 0: none"
-        },
-    )
-    pack_seconds: float = field(
-        default=30.0,
-        metadata={
-            "help": "join consecutive clips of the manifest into training windows of up to "
-            "this many seconds (each window's length drawn at random, so single clips stay "
-            "in the mix): Whisper's encoder runs 30 s whatever the clip's length, so short "
-            "clips waste most of it on padding, and the adapted encoder layers never see a "
-            "window full of speech as in long-form audio (validation CER 19.0 -> 17.9 %% at "
-            "the same cost, see docs/fine-tuning-recipe.md). 0: off"
-        },
-    )
-    pack_pause: float = field(
-        default=0.0,
-        metadata={
-            "help": "with --pack-seconds: put a silence of 0 to this many seconds (drawn per "
-            "pause) between joined clips, as a continuous recording pauses between "
-            "sentences. 0: clips back to back, the default: recorded clips begin and end "
-            "with a little quiet already, and 0-1 s more did not help on validation "
-            "(docs/fine-tuning-recipe.md)"
-        },
-    )
-    # --- data filters
-    min_duration: float = field(default=0.5, metadata={"help": "skip clips shorter (s)"})
-    max_duration: float = field(default=30.0, metadata={"help": "skip clips longer (s)"})
-    max_label_tokens: int = field(
-        default=448, metadata={"help": "skip targets longer than this (decoder limit 448)"}
-    )
-    # --- augmentation (off by default)
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum)):
+            if value < 1:
+                raise UserError(f"{flag} {value}: give at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"--max-steps {self.max_steps}: give at least 1")
+
+
+@dataclass(kw_only=True)
+class AugmentOptions:
+    """Waveform and spectrogram augmentation (all off by default)."""
+
     noise_dir: Path | None = field(
         default=None, metadata={"help": "folder of noise recordings mixed in at random SNR"}
     )
@@ -220,7 +280,18 @@ class TrainOptions:
     spec_augment: bool = field(
         default=False, metadata={"help": "SpecAugment (time/frequency masking) in the model"}
     )
-    # --- evaluation, checkpoints
+
+    def active(self) -> bool:
+        """Whether any augmentation is on (then the encoder's input changes every epoch and
+        cannot be cached)."""
+        probs = (self.noise_prob, self.speed_prob, self.volume_prob, self.shift_prob)
+        return any(p > 0 for p in probs) or self.spec_augment
+
+
+@dataclass(kw_only=True)
+class EvaluationOptions:
+    """How the best checkpoint is chosen: what is scored, how often and how decoded."""
+
     holdout: float = field(
         default=0.1,
         metadata={
@@ -234,12 +305,6 @@ class TrainOptions:
     eval_steps: int | None = field(
         default=None, metadata={"help": "evaluate every N steps (default: once per epoch)"}
     )
-    save_steps: int | None = field(
-        default=None, metadata={"help": "checkpoint every N steps (default: once per epoch)"}
-    )
-    save_total_limit: int = field(
-        default=2, metadata={"help": "keep this many recent checkpoints (the best is kept too)"}
-    )
     eval_beam_size: int = field(default=1, metadata={"help": "beam width when evaluating"})
     eval_batch_size: int = field(default=16, metadata={"help": "clips per evaluation batch"})
     eval_limit: int | None = field(default=None, metadata={"help": "score only N eval clips"})
@@ -250,40 +315,67 @@ class TrainOptions:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "stop after N evaluations without improvement"}
     )
-    # --- run control
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.holdout < 1:
+            raise UserError(f"--holdout {self.holdout:g}: give a fraction in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """Where the run is written, how often it is saved, and how the process runs it."""
+
+    output: Path = field(metadata={"help": "run directory: checkpoints, metrics, best model"})
+    save_steps: int | None = field(
+        default=None, metadata={"help": "checkpoint every N steps (default: once per epoch)"}
+    )
+    save_total_limit: int = field(
+        default=2, metadata={"help": "keep this many recent checkpoints (the best is kept too)"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue the run in --output"})
     force: bool = field(default=False, metadata={"help": "start over in a non-empty --output"})
     num_workers: int = field(default=1, metadata={"help": "data loading worker processes"})
     log_steps: int = field(default=5, metadata={"help": "log loss and learning rate every N steps"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = default)"})
 
+
+@dataclass(kw_only=True)
+class TrainOptions:
+    """All options of one training run, by group; ``options.build(TrainOptions, flat_dict)``
+    fills the groups from flat names."""
+
+    model: str = field(
+        default="builtin:base",
+        metadata={
+            "help": "model to fine-tune: builtin:base, a transformers/CTranslate2 "
+            "directory, an adapter directory or a hub id"
+        },
+    )
+    data: DataOptions
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    optim: OptimOptions = field(default_factory=OptimOptions)
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
+    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+    run: RunOptions
+
+    def __post_init__(self) -> None:
+        if self.lora.method == "full" and self.optim.load_8bit:
+            raise UserError("--load-8bit works with LoRA/AdaLoRA, not full fine-tuning")
+
     def total_epochs(self) -> float:
-        if self.epochs is not None:
-            return self.epochs
-        return 6.0 if self.pack_seconds > 0 else 3.0
+        if self.optim.epochs is not None:
+            return self.optim.epochs
+        return 6.0 if self.data.pack_seconds > 0 else 3.0
 
     def peak_lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-5 if self.method == "full" else 2e-4
-
-    def trained_encoder_layers(self, available: int) -> int:
-        """Encoder layers trained on top of a frozen encoder, for a model with ``available``."""
-        if not self.encoder_frozen():
-            return 0
-        if self.encoder_layers is not None:
-            return self.encoder_layers
-        return min(available, DEFAULT_ENCODER_LAYERS) if self.method != "full" else 0
-
-    def encoder_frozen(self) -> bool:
-        if self.method == "full":
-            return self.freeze_encoder
-        return self.lora_scope in ("decoder", "encoder")
+        if self.optim.learning_rate is not None:
+            return self.optim.learning_rate
+        return 2e-4 if self.lora.adapter else 1e-5
 
     def augmenting(self) -> bool:
-        return (
-            any(
-                p > 0 for p in (self.noise_prob, self.speed_prob, self.volume_prob, self.shift_prob)
-            )
-            or self.spec_augment
-        )
+        return self.augment.active()
+
+    def uses_encoder_cache(self) -> bool:
+        """Whether steps read cached encoder outputs: the encoder (below its trained top
+        layers) is frozen and nothing changes its input between epochs."""
+        return self.lora.encoder_cache and self.lora.encoder_frozen() and not self.augmenting()

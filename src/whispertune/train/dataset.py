@@ -21,7 +21,7 @@ from whispertune.data.manifest import Sample, read_manifest
 from whispertune.data.validate import ValidateOptions, validate_manifest
 from whispertune.errors import UserError
 from whispertune.train.augment import Augmenter
-from whispertune.train.config import TrainOptions
+from whispertune.train.config import DataOptions, TrainOptions
 from whispertune.train.labels import SpecialTokens, build_labels
 from whispertune.train.packing import GAPS, PARTS
 
@@ -78,7 +78,7 @@ def sample_duration(sample: Sample) -> float:
     return audio_duration(sample.audio_path) - (sample.start_time or 0.0)
 
 
-def label_length(sample: Sample, options: TrainOptions, tokenizer, special: SpecialTokens) -> int:
+def label_length(sample: Sample, options: DataOptions, tokenizer, special: SpecialTokens) -> int:
     """Decoder length of the sample's longest target form (with <|sot|>): what the decoder
     limit is checked against and batches are grouped by."""
     longest = build_labels(
@@ -93,7 +93,7 @@ def label_length(sample: Sample, options: TrainOptions, tokenizer, special: Spec
 
 
 def filter_samples(
-    samples: list[Sample], options: TrainOptions, tokenizer, special: SpecialTokens
+    samples: list[Sample], options: DataOptions, tokenizer, special: SpecialTokens
 ) -> tuple[list[Sample], list[int], list[float], FilterReport]:
     """Keep samples within the duration and label limits; also returns their label lengths
     and durations."""
@@ -141,17 +141,17 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.options = options
         self.train = train
         self.epoch = 0
-        self.augmenter = Augmenter(options) if train and options.augmenting() else None
+        self.augmenter = Augmenter(options.augment) if train and options.augmenting() else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def rng(self, index: int) -> random.Random:
-        return random.Random(f"{self.options.seed}:{self.epoch}:{index}")
+        return random.Random(f"{self.options.optim.seed}:{self.epoch}:{index}")
 
     def labels(self, index: int) -> list[int]:
         s = self.samples[index]
-        o = self.options
+        o = self.options.data
         timestamps = (
             o.timestamps
             and bool(s.sentences)

@@ -13,12 +13,14 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from whispertune.progress import check_cancel
 from whispertune.train.packing import GAPS, PARTS
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def build_encoder_cache(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     trained_layers: int = 0,
+    cancel: threading.Event | None = None,
 ) -> EncoderCache:
     """Encode every clip of ``dataset`` (unaugmented) into ``directory/encoder-KEY.f16``.
 
@@ -80,7 +83,8 @@ def build_encoder_cache(
     trained), not the encoder's output.
 
     A finished cache is reused; a partial one (killed run) is rebuilt: completion is marked by
-    a sidecar JSON written after the data is flushed.
+    a sidecar JSON written after the data is flushed. A set ``cancel`` stops at the next batch
+    with :class:`~whispertune.progress.Cancelled`, the partial file removed.
     """
     directory.mkdir(parents=True, exist_ok=True)
     data_path = directory / f"encoder-{key}.f16"
@@ -106,6 +110,7 @@ def build_encoder_cache(
         )
     try:
         for i in range(0, n, batch_size):
+            check_cancel(cancel, "encoder cache")
             idx = list(range(i, min(n, i + batch_size)))
             feats = np.stack([dataset.features(dataset.audio(j)) for j in idx])
             features = torch.from_numpy(feats).to(param.device, param.dtype)
@@ -115,6 +120,10 @@ def build_encoder_cache(
             out[idx[0] : idx[-1] + 1] = hidden.float().cpu().numpy().astype(np.float16)
             if progress is not None:
                 progress(idx[-1] + 1, n)
+    except BaseException:
+        del out
+        tmp.unlink(missing_ok=True)  # a cancelled or failed build leaves no partial file
+        raise
     finally:
         if hook is not None:
             hook.remove()

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from whispertune.data.manifest import Sample
 from whispertune.errors import UserError
 from whispertune.languages import NO_SPACE_LANGUAGES, language_code
+from whispertune.train.config import MAX_TIMESTAMP
 
 TIME_PRECISION = 0.02
-MAX_TIMESTAMP = 30.0
 
 
 @dataclass(frozen=True)

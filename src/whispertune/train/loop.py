@@ -4,6 +4,10 @@ accelerate makes the same code run under ``python``, ``torchrun --nproc_per_node
 ``accelerate launch`` (DDP over gloo on CPU, NCCL on GPUs). The loop owns checkpointing and
 resume, so an interrupted run continues exactly: model, optimizer, scheduler, RNG, AdaLoRA
 state and the position in the epoch's batch order are all restored.
+
+The :class:`Trainer` is split as litgpt's finetune scripts split setup and fit: ``setup``
+(run directory, data, model, optimizer) and ``fit`` (epochs of steps, each followed by its
+logging, evaluation and saving, then the closing publication of best/).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,8 @@ import torch
 from whispertune import options as opts
 from whispertune.data.manifest import Sample
 from whispertune.errors import UserError
-from whispertune.output_style import OutputStyle, apply_style, style_of_manifest
+from whispertune.output_style import OutputStyle, style_of_manifest
+from whispertune.progress import Cancelled, ProgressCallback, ProgressEvent, Reporter
 from whispertune.train import checkpoint as ckpt
 from whispertune.train.config import TrainOptions
 from whispertune.train.dataset import (
@@ -40,15 +45,15 @@ from whispertune.train.dataset import (
     steps_per_epoch,
 )
 from whispertune.train.hardware import return_freed_activations_to_the_os
-from whispertune.train.labels import MAX_TIMESTAMP, SpecialTokens
+from whispertune.train.labels import SpecialTokens
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 from whispertune.train.packing import pack_samples
+from whispertune.train.validate import PUBLISHED_STAGE, STAGE, Validator
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[dict[str, Any]], None]
 _RUN_FILES = (
-    "run.json",
+    ckpt.RUN_FILE,
     "metrics.jsonl",
     ckpt.LATEST,
     ckpt.CHECKPOINTS,
@@ -65,7 +70,7 @@ class TrainResult:
     steps: int
     best_metric: float | None
     metric_name: str | None
-    status: str  # "finished" | "cancelled" | "early-stopped"
+    status: str  # "finished" | "early-stopped" (a cancelled run raises Cancelled)
     train_samples: int
     filtered: str
     seconds: float
@@ -74,17 +79,41 @@ class TrainResult:
     published_metric: float | None = None  # best/ as published (averaged, scaled), on --eval
 
 
+@dataclass
+class _Window:
+    """Loss and throughput since the last logged step (evaluation time excluded)."""
+
+    loss: float = 0.0
+    batches: int = 0
+    samples: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, samples: int) -> None:
+        self.loss += loss
+        self.batches += 1
+        self.samples += samples
+
+    def mean_loss(self) -> float:
+        return self.loss / max(1, self.batches)
+
+    def samples_per_s(self) -> float:
+        return self.samples / max(time.perf_counter() - self.start, 1e-9)
+
+    def restart_clock(self) -> None:
+        self.start = time.perf_counter()
+
+
 def _prepare_run_dir(run_dir: Path, options: TrainOptions, is_main: bool) -> Path | None:
     """Refuse to mix runs; returns the checkpoint to resume from, if any."""
     occupied = run_dir.exists() and any(run_dir.iterdir())
     latest = ckpt.latest_checkpoint(run_dir) if run_dir.exists() else None
-    if options.resume:
+    if options.run.resume:
         if latest is None:
             logger.warning(
                 "--resume: no checkpoint in %s yet; starting from the beginning", run_dir
             )
         return latest
-    if occupied and not options.force:
+    if occupied and not options.run.force:
         raise UserError(
             f"{run_dir}: already holds files (another run?); pass --resume to continue it or "
             "--force to start over (its checkpoints and metrics are deleted)"
@@ -100,103 +129,143 @@ def _prepare_run_dir(run_dir: Path, options: TrainOptions, is_main: bool) -> Pat
 
 
 class Trainer:
-    """Holds the state of one run; ``run()`` trains. Built by :func:`train`."""
+    """Holds the state of one run; ``setup()`` then ``fit()``. Built by :func:`train`."""
 
     def __init__(
-        self, options: TrainOptions, progress: ProgressFn | None, cancel: threading.Event | None
+        self,
+        options: TrainOptions,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
     ) -> None:
         from accelerate import Accelerator
 
         check_hardware(options)
         self.o = options
-        self.progress = progress or (lambda event: None)
+        self.progress = progress
         self.cancel = cancel
-        if options.threads:
-            torch.set_num_threads(options.threads)
-        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[options.precision]
+        if options.run.threads:
+            torch.set_num_threads(options.run.threads)
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[options.optim.precision]
         self.acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
         self.is_main = self.acc.is_main_process
-        self.run_dir = Path(options.output)
-        torch.manual_seed(options.seed)
+        self.run_dir = Path(options.run.output)
+        self.state = ckpt.TrainerState()
+        self.saved_at = -1  # the step of the newest checkpoint this process saved
+        self.writer = None
+        self.validator: Validator | None = None
+        torch.manual_seed(options.optim.seed)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        o = self.o
-        resume_from = _prepare_run_dir(self.run_dir, o, self.is_main)
+        resume_from = _prepare_run_dir(self.run_dir, self.o, self.is_main)
         self.acc.wait_for_everyone()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer = self._prepare_data()
+        model = self._build_model(tokenizer)
+        self._build_optimizer(model)
+        if resume_from is not None:
+            self._restore(resume_from)
+        if self.is_main:
+            self._write_run_file()
+            self._open_tensorboard()
 
-        if o.encoder_layers and not o.encoder_frozen():  # given explicitly
-            raise UserError(
-                "--encoder-layers N trains the last N encoder layers of an otherwise frozen "
-                "encoder: use it with --lora-scope encoder or decoder (LoRA) or --freeze-encoder "
-                "(full)"
-            )
-        if o.pack_seconds > MAX_TIMESTAMP:
-            raise UserError(f"--pack-seconds {o.pack_seconds}: at most {MAX_TIMESTAMP:g} s")
-        if not 0 < o.adapter_scale <= 1:
-            raise UserError(
-                f"--adapter-scale {o.adapter_scale:g}: give a value in (0, 1] "
-                "(1 keeps the adapter as trained)"
-            )
-        samples = load_checked_manifest(o.train)
-        self.eval_samples = load_checked_manifest(o.eval) if o.eval else []
-        self.holdout_count = 0
-        if not o.eval and o.holdout > 0:
-            samples, self.eval_samples = split_holdout(samples, o.holdout)
-            self.holdout_count = len(self.eval_samples)
-            if self.eval_samples:
-                logger.info(
-                    "no --eval: the last %d clips of %s are held out to choose the best "
-                    "checkpoint (--holdout %g)",
-                    len(self.eval_samples),
-                    o.train,
-                    o.holdout,
-                )
-        if o.eval_limit:
-            self.eval_samples = self.eval_samples[: o.eval_limit]
-
-        if o.no_speech_mix > 0:
-            from whispertune.models.cache import cache_dir
-            from whispertune.train.no_speech import no_speech_samples
-
-            count = round(o.no_speech_mix * len(samples))
-            samples = samples + no_speech_samples(count, cache_dir("no-speech"), samples)
-        world = self.acc.num_processes
-        # Tokenizer first (cheap), to filter and size the schedule before loading the model.
+    def _prepare_data(self):
+        """Read, filter and pack the samples and size the schedule, with the tokenizer alone
+        (cheap) before the model is loaded; returns the tokenizer."""
         from whispertune.models.loading import load_processor
         from whispertune.models.sources import resolve
 
-        processor = load_processor(resolve(o.model))
-        tokenizer = processor.tokenizer
+        data = self.o.data
+        samples = self._read_samples()
+        tokenizer = load_processor(resolve(self.o.model)).tokenizer
         self.special = SpecialTokens.from_tokenizer(tokenizer)
         self.samples, self.lengths, durations, self.filter_report = filter_samples(
-            samples, o, tokenizer, self.special
+            samples, data, tokenizer, self.special
         )
         logger.info("training data: %s", self.filter_report.summary())
         for example in self.filter_report.examples:
             logger.info("  left out: %s", example)
         if not self.samples:
             raise UserError(
-                f"{o.train}: no sample left after filtering ({self.filter_report.summary()})"
+                f"{data.train}: no sample left after filtering ({self.filter_report.summary()})"
             )
         self.clip_count = len(self.samples)
-        self.output_style = _manifest_style(self.samples, o.language)
+        self.output_style = _manifest_style(self.samples, data.language)
         if not self.output_style.is_plain():
             logger.info(
                 "the training transcripts write Mandarin numbers in characters: the model "
                 "will too (output_style.json; --numerals keep at inference turns it off)"
             )
-        if o.pack_seconds > 0:
+        if data.pack_seconds > 0:
             self._pack(tokenizer, durations)
-        self.steps_per_epoch = steps_per_epoch(len(self.samples), o.batch_size, world, o.grad_accum)
-        self.total_steps = o.max_steps or max(1, math.ceil(o.total_epochs() * self.steps_per_epoch))
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        optim = self.o.optim
+        self.steps_per_epoch = steps_per_epoch(
+            len(self.samples), optim.batch_size, self.acc.num_processes, optim.grad_accum
+        )
+        epochs_steps = math.ceil(self.o.total_epochs() * self.steps_per_epoch)
+        self.total_steps = optim.max_steps or max(1, epochs_steps)
+        return tokenizer
 
+    def _read_samples(self) -> list[Sample]:
+        """The training samples (with generated no-speech clips); sets ``eval_samples``: the
+        --eval manifest, or the --holdout tail of --train."""
+        data, evaluation = self.o.data, self.o.evaluation
+        samples = load_checked_manifest(data.train)
+        self.eval_samples = load_checked_manifest(data.eval) if data.eval else []
+        self.holdout_count = 0
+        if not data.eval and evaluation.holdout > 0:
+            samples, self.eval_samples = split_holdout(samples, evaluation.holdout)
+            self.holdout_count = len(self.eval_samples)
+            if self.eval_samples:
+                logger.info(
+                    "no --eval: the last %d clips of %s are held out to choose the best "
+                    "checkpoint (--holdout %g)",
+                    len(self.eval_samples),
+                    data.train,
+                    evaluation.holdout,
+                )
+        if evaluation.eval_limit:
+            self.eval_samples = self.eval_samples[: evaluation.eval_limit]
+        if data.no_speech_mix > 0:
+            from whispertune.models.cache import cache_dir
+            from whispertune.train.no_speech import no_speech_samples
+
+            count = round(data.no_speech_mix * len(samples))
+            samples = samples + no_speech_samples(count, cache_dir("no-speech"), samples)
+        return samples
+
+    def _pack(self, tokenizer, durations: list[float]) -> None:
+        """Join consecutive clips into windows of up to --pack-seconds (see packing.py)."""
+        data = self.o.data
+        packed = pack_samples(
+            self.samples,
+            durations,
+            self.lengths,
+            data.pack_seconds,
+            data.max_label_tokens,
+            self.o.optim.seed,
+            max_pause=data.pack_pause,
+        )
+        self.lengths = [label_length(s, data, tokenizer, self.special) for s in packed]
+        logger.info(
+            "%d clips joined into %d training windows of up to %g s (--pack-seconds), %s",
+            len(self.samples),
+            len(packed),
+            data.pack_seconds,
+            f"up to {data.pack_pause:g} s of silence between clips (--pack-pause)"
+            if data.pack_pause > 0
+            else "clips back to back",
+        )
+        self.samples = packed
+
+    def _build_model(self, tokenizer):
+        """The model with its trainable parameters, and the data it trains on (the encoder
+        cache where the encoder is frozen)."""
+        o = self.o
         loaded = build_model(o, self.total_steps)
         self.processor = loaded.processor
         model = loaded.model
-        self.top_layers = o.trained_encoder_layers(loaded.model.config.encoder_layers)
+        self.top_layers = o.lora.trained_encoder_layers(model.config.encoder_layers)
         self.is_peft = hasattr(model, "peft_config")
         if self.is_peft:  # record the spec the user gave, so the adapter resolves anywhere
             base = o.model
@@ -204,91 +273,23 @@ class Trainer:
                 base = str(Path(base).expanduser().resolve())
             for cfg in model.peft_config.values():
                 cfg.base_model_name_or_path = base
-
         self.dataset = SpeechDataset(
             self.samples, self.processor.feature_extractor, tokenizer, self.special, o, train=True
         )
-        self.use_cache = o.encoder_cache and o.encoder_frozen() and not o.augmenting()
+        self.use_cache = o.uses_encoder_cache()
         if self.use_cache:
             self.train_data = self._encoder_cache(model)
         else:
             self.train_data = self.dataset
             # full-encoder steps: activations of GBs a step, which glibc's heap would keep
+            # (not on the cache: there the heap's reuse is faster; see the function)
             return_freed_activations_to_the_os()
-            if o.encoder_cache and o.encoder_frozen() and o.augmenting():
+            if o.lora.encoder_cache and o.lora.encoder_frozen() and o.augmenting():
                 logger.info("encoder cache off: augmentation changes the encoder's input")
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=o.peak_lr(), weight_decay=o.weight_decay)
-        from transformers import get_scheduler
-
-        self.scheduler = get_scheduler(
-            "constant_with_warmup" if o.scheduler == "constant" else o.scheduler,
-            optimizer,
-            num_warmup_steps=min(o.warmup_steps, self.total_steps // 2),
-            num_training_steps=self.total_steps,
-        )
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.state = ckpt.TrainerState()
-        if resume_from is not None:
-            self._restore(resume_from)
-        if self.is_main:
-            (self.run_dir / "run.json").write_text(
-                json.dumps(
-                    {
-                        "options": opts.to_dict(o),
-                        "world_size": world,
-                        "total_steps": self.total_steps,
-                        "steps_per_epoch": self.steps_per_epoch,
-                        "train_samples": len(self.samples),
-                        "train_clips": self.clip_count,
-                        "filtered": self.filter_report.summary(),
-                        "encoder_cache": self.use_cache,
-                        "trained_encoder_layers": self.top_layers,
-                        "holdout_clips": self.holdout_count,
-                    },
-                    indent=1,
-                    default=str,
-                ),
-                encoding="utf-8",
-            )
-        self.metric_name = self._metric_name()
-        self.writer = None
-        if self.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(
-                    str(self.run_dir / "tensorboard"), purge_step=self.state.step + 1 or None
-                )
-            except ImportError:
-                logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
-
-    def _pack(self, tokenizer, durations: list[float]) -> None:
-        """Join consecutive clips into windows of up to --pack-seconds (see packing.py)."""
-        o = self.o
-        packed = pack_samples(
-            self.samples,
-            durations,
-            self.lengths,
-            o.pack_seconds,
-            o.max_label_tokens,
-            o.seed,
-            max_pause=o.pack_pause,
-        )
-        self.lengths = [label_length(s, o, tokenizer, self.special) for s in packed]
-        logger.info(
-            "%d clips joined into %d training windows of up to %g s (--pack-seconds), %s",
-            len(self.samples),
-            len(packed),
-            o.pack_seconds,
-            f"up to {o.pack_pause:g} s of silence between clips (--pack-pause)"
-            if o.pack_pause > 0
-            else "clips back to back",
-        )
-        self.samples = packed
+        return model
 
     def _encoder_cache(self, model):
+        from whispertune.models.cache import cache_dir
         from whispertune.models.sources import resolve
         from whispertune.train.encoder_cache import (
             CachedDataset,
@@ -306,18 +307,18 @@ class Trainer:
         )
         # Shared across runs (the key covers model, clips and mel settings): experiments on the
         # same data pay for the encoder once.
-        from whispertune.models.cache import cache_dir
-
         directory = cache_dir("encoder")
         if self.is_main:
-            self.progress({"kind": "status", "message": "computing encoder outputs (once)"})
+            report = Reporter(self.progress, "encoder-cache", len(self.dataset), "clip")
+            report(0, message="computing encoder outputs (once per clip; later runs reuse them)")
             cache = build_encoder_cache(
                 encoder,
                 self.dataset,
                 directory,
                 key,
-                progress=lambda d, n: self.progress({"kind": "cache", "done": d, "total": n}),
+                progress=lambda done, total: report(done, total),
                 trained_layers=self.top_layers,
+                cancel=self.cancel,
             )
         self.acc.wait_for_everyone()
         if not self.is_main:
@@ -329,12 +330,64 @@ class Trainer:
             )
         return CachedDataset(self.dataset, cache)
 
+    def _build_optimizer(self, model) -> None:
+        """AdamW over the trainable parameters, the LR schedule, the devices; the validator."""
+        from transformers import get_scheduler
+
+        optim = self.o.optim
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.o.peak_lr(), weight_decay=optim.weight_decay)
+        self.scheduler = get_scheduler(
+            "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler,
+            optimizer,
+            num_warmup_steps=min(optim.warmup_steps, self.total_steps // 2),
+            num_training_steps=self.total_steps,
+        )
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.metric_name = self._metric_name()
+        if self.eval_samples and self.is_main:
+            self.validator = Validator(
+                self.processor,
+                self.eval_samples,
+                self.o,
+                self.metric_name,
+                self.acc.device,
+                self.output_style,
+            )
+
     def _metric_name(self) -> str | None:
         if not self.eval_samples:
             return None
-        from whispertune.evaluate import _choose_metric
+        from whispertune.evaluate import choose_metric
 
-        return _choose_metric(self.o.metric, self.eval_samples, self.o.language)
+        return choose_metric(self.o.evaluation.metric, self.eval_samples, self.o.data.language)
+
+    def _write_run_file(self) -> None:
+        record = {
+            "options": opts.to_dict(self.o),
+            "world_size": self.acc.num_processes,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "train_samples": len(self.samples),
+            "train_clips": self.clip_count,
+            "filtered": self.filter_report.summary(),
+            "encoder_cache": self.use_cache,
+            "trained_encoder_layers": self.top_layers,
+            "holdout_clips": self.holdout_count,
+        }
+        (self.run_dir / ckpt.RUN_FILE).write_text(
+            json.dumps(record, indent=1, default=str), encoding="utf-8"
+        )
+
+    def _open_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # an optional third-party extra
+            logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
+            return
+        self.writer = SummaryWriter(
+            str(self.run_dir / "tensorboard"), purge_step=self.state.step + 1 or None
+        )
 
     # ------------------------------------------------------------- resume
     def _restore(self, checkpoint: Path) -> None:
@@ -369,6 +422,7 @@ class Trainer:
         self.scheduler.load_state_dict(blob["scheduler"])
         ckpt.set_rng_state(blob["rng"])
         self.state = state
+        self.saved_at = state.step
         self._truncate_metrics(state.step)
         logger.info(
             "resumed from %s (step %d, epoch %d, batch %d)",
@@ -391,7 +445,7 @@ class Trainer:
 
     def _adalora_extra(self) -> dict[str, Any]:
         model = self.acc.unwrap_model(self.model)
-        if self.o.method != "adalora":
+        if self.o.lora.method != "adalora":
             return {}
         allocator = model.base_model.rankallocator
         return {
@@ -403,7 +457,88 @@ class Trainer:
             }
         }
 
-    # ------------------------------------------------------------- steps
+    # ------------------------------------------------------------- fit
+    def fit(self) -> TrainResult:
+        """Train to the end of the schedule (or early stop); raises Cancelled when ``cancel``
+        is set, after saving a checkpoint of the current step (see :func:`train`)."""
+        start = time.perf_counter()
+        self.model.train()
+        self.window = _Window()
+        self.report = Reporter(self.progress, "train", self.total_steps, "step")
+        self.report(self.state.step)
+        status = "finished"
+        while self.state.step < self.total_steps and status == "finished":
+            status = self._epoch()
+        if self.saved_at != self.state.step:
+            self._save()
+        return self._finish(status, time.perf_counter() - start)
+
+    def _epoch(self) -> str:
+        """Train through the rest of the current epoch, or until the run stops; its status."""
+        epoch = self.state.epoch
+        batches, loader = self._loader(epoch, self.state.batch_in_epoch)
+        micro = 0
+        for batch in loader:
+            micro += 1
+            if not self._micro_step(batch):
+                continue  # accumulating gradients
+            position = epoch + self.state.batch_in_epoch / max(1, len(batches))
+            end_of_epoch = self.state.batch_in_epoch >= len(batches)
+            if end_of_epoch:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+            status = self._after_step(position)
+            if status != "finished" or end_of_epoch or self.state.step >= self.total_steps:
+                return status
+        if micro == 0 and self.state.batch_in_epoch >= len(batches):  # resumed at its end
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+        return "finished"
+
+    def _loader(self, epoch: int, skip: int):
+        o = self.o
+        self.train_data.epoch = epoch
+        batches = rank_batches(
+            epoch_batches(self.lengths, o.optim.batch_size, o.optim.seed, epoch),
+            self.acc.process_index,
+            self.acc.num_processes,
+            o.optim.grad_accum,
+        )
+        pad = self.special.eot
+        return batches, torch.utils.data.DataLoader(
+            self.train_data,
+            batch_sampler=batches[skip:],
+            collate_fn=functools.partial(collate, pad_id=pad, sot=self.special.sot),
+            num_workers=max(0, o.run.num_workers),
+            persistent_workers=False,
+            # a private generator: worker seeds must not draw from the global RNG (dropout's),
+            # or a resumed run would diverge from the uninterrupted one
+            generator=torch.Generator().manual_seed(o.optim.seed * 1000 + epoch),
+        )
+
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Forward and backward one micro-batch; True when it completed an optimizer step."""
+        optim = self.o.optim
+        sync = (self.state.batch_in_epoch + 1) % optim.grad_accum == 0
+        ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
+        with ctx:
+            loss = self._loss(batch)
+            self.acc.backward(loss / optim.grad_accum)
+        self.last_loss = float(loss.detach())
+        self.window.add(self.last_loss, len(batch["labels"]) * self.acc.num_processes)
+        self.state.batch_in_epoch += 1
+        if not sync:
+            return False
+        if optim.max_grad_norm:
+            self.acc.clip_grad_norm_(self.model.parameters(), optim.max_grad_norm)
+        self.optimizer.step()
+        if self.o.lora.method == "adalora":
+            self.acc.unwrap_model(self.model).base_model.update_and_allocate(self.state.step)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return True
+
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = self.acc.device
         kwargs: dict[str, Any] = {"decoder_input_ids": batch["decoder_input_ids"].to(device)}
@@ -422,169 +557,92 @@ class Trainer:
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
             ignore_index=-100,
-            label_smoothing=self.o.label_smoothing,
+            label_smoothing=self.o.optim.label_smoothing,
         )
-        if self.o.method == "adalora":
+        if self.o.lora.method == "adalora":
             loss = loss + adalora_orthogonal_penalty(self.acc.unwrap_model(self.model))
         return loss
 
-    def _loader(self, epoch: int, skip: int):
-        o = self.o
-        self.train_data.epoch = epoch
-        batches = rank_batches(
-            epoch_batches(self.lengths, o.batch_size, o.seed, epoch),
-            self.acc.process_index,
-            self.acc.num_processes,
-            o.grad_accum,
-        )
-        pad = self.special.eot
-        return batches, torch.utils.data.DataLoader(
-            self.train_data,
-            batch_sampler=batches[skip:],
-            collate_fn=functools.partial(collate, pad_id=pad, sot=self.special.sot),
-            num_workers=o.num_workers if o.num_workers > 0 else 0,
-            persistent_workers=False,
-            # a private generator: worker seeds must not draw from the global RNG (dropout's),
-            # or a resumed run would diverge from the uninterrupted one
-            generator=torch.Generator().manual_seed(o.seed * 1000 + epoch),
-        )
-
-    def run(self) -> TrainResult:
-        o = self.o
-        start = time.perf_counter()
+    # ------------------------------------------------------- after a step
+    def _after_step(self, epoch: float) -> str:
+        """Log, evaluate and save as the schedule says; stop when cancelled. The status."""
+        last = self.state.step >= self.total_steps
+        self._log_step(epoch, last)
         status = "finished"
-        self.model.train()
-        window_loss, window_n, window_t, window_samples = 0.0, 0, time.perf_counter(), 0
-        eval_every = o.eval_steps or self.steps_per_epoch
-        save_every = o.save_steps or self.steps_per_epoch
-        saved_at = -1
-        self.progress(
-            {
-                "kind": "start",
-                "total_steps": self.total_steps,
-                "step": self.state.step,
-                "train_samples": len(self.samples),
-                "filtered": self.filter_report.summary(),
-            }
-        )
-        while self.state.step < self.total_steps and status == "finished":
-            epoch = self.state.epoch
-            batches, loader = self._loader(epoch, self.state.batch_in_epoch)
-            micro = 0
-            for batch in loader:
-                sync = (self.state.batch_in_epoch + 1) % o.grad_accum == 0
-                ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
-                with ctx:
-                    loss = self._loss(batch)
-                    self.acc.backward(loss / o.grad_accum)
-                window_loss += float(loss.detach())
-                window_n += 1
-                window_samples += len(batch["labels"]) * self.acc.num_processes
-                self.state.batch_in_epoch += 1
-                micro += 1
-                if not sync:
-                    continue
-                if o.max_grad_norm:
-                    self.acc.clip_grad_norm_(self.model.parameters(), o.max_grad_norm)
-                self.optimizer.step()
-                if o.method == "adalora":
-                    self.acc.unwrap_model(self.model).base_model.update_and_allocate(
-                        self.state.step
-                    )
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.state.step += 1
-                step = self.state.step
-                if step % o.log_steps == 0 or step == self.total_steps:
-                    elapsed = time.perf_counter() - window_t
-                    record = {
-                        "step": step,
-                        "epoch": round(epoch + self.state.batch_in_epoch / max(1, len(batches)), 3),
-                        "loss": window_loss / max(1, window_n),
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "samples_per_s": window_samples / max(elapsed, 1e-9),
-                    }
-                    self._log(record)
-                    window_loss, window_n, window_t, window_samples = 0.0, 0, time.perf_counter(), 0
-                self.progress(
-                    {
-                        "kind": "step",
-                        "step": step,
-                        "total_steps": self.total_steps,
-                        "loss": float(loss.detach()),
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "epoch": epoch,
-                    }
-                )
-                end_of_epoch = self.state.batch_in_epoch >= len(batches)
-                if end_of_epoch:
-                    self.state.epoch += 1
-                    self.state.batch_in_epoch = 0
-                last = step >= self.total_steps
-                if self.eval_samples and (step % eval_every == 0 or last):
-                    improved = self._evaluate()
-                    window_t = time.perf_counter()  # throughput excludes evaluation time
-                    saved_at = self._save()
-                    if improved and self.is_main:
-                        ckpt.publish_best(
-                            self.run_dir,
-                            self._checkpoint_dir(step),
-                            self.processor,
-                            o.adapter_scale,
-                        )
-                    if (
-                        o.early_stopping_patience is not None
-                        and self.state.evals_without_improvement >= o.early_stopping_patience
-                    ):
-                        status = "early-stopped"
-                elif step % save_every == 0 or last:
-                    saved_at = self._save()
-                if self.cancel is not None and self.cancel.is_set():
-                    if saved_at != step:
-                        saved_at = self._save()
-                    status = "cancelled"
-                if last or status != "finished" or end_of_epoch:
-                    break
-            if micro == 0 and self.state.batch_in_epoch >= len(batches):
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
-        if saved_at != self.state.step:
+        if self.eval_samples and (last or self._due(self.o.evaluation.eval_steps)):
+            status = self._evaluate_and_save()
+        elif last or self._due(self.o.run.save_steps):
             self._save()
-        best = self.run_dir / ckpt.BEST
-        published_metric, averaged = None, []
-        if self.is_main and (not self.eval_samples or not best.exists()):
-            ckpt.publish_best(
-                self.run_dir, self._checkpoint_dir(self.state.step), self.processor, o.adapter_scale
+        self._stop_if_cancelled()
+        return status
+
+    def _due(self, every: int | None) -> bool:
+        """Whether this step is one of every N (default: the last step of each epoch)."""
+        return self.state.step % (every or self.steps_per_epoch) == 0
+
+    def _log_step(self, epoch: float, last: bool) -> None:
+        step = self.state.step
+        lr = self.scheduler.get_last_lr()[0]
+        rate = self.window.samples_per_s()
+        if step % self.o.run.log_steps == 0 or last:
+            self._log(
+                {
+                    "step": step,
+                    "epoch": round(epoch, 3),
+                    "loss": self.window.mean_loss(),
+                    "lr": lr,
+                    "samples_per_s": rate,
+                }
             )
-        elif self.is_main and status != "cancelled":
-            averaged = self._publish_average()
-            if averaged or (o.method != "full" and o.adapter_scale != 1):
-                published_metric = self._evaluate_published(best)
-        self.acc.wait_for_everyone()
-        if self.writer is not None:
-            self.writer.close()
-        self.progress({"kind": "end", "status": status, "step": self.state.step})
-        return TrainResult(
-            run_dir=self.run_dir,
-            best_dir=best,
-            steps=self.state.step,
-            best_metric=self.state.best_metric,
-            metric_name=self.metric_name,
-            status=status,
-            train_samples=len(self.samples),
-            filtered=self.filter_report.summary(),
-            seconds=time.perf_counter() - start,
-            best_step=self.state.best_step,
-            averaged_steps=[int(p.name.split("-")[1]) for p in averaged],
-            published_metric=published_metric,
+            self.window = _Window()
+        figures = {"loss": self.last_loss, "lr": lr, "epoch": round(epoch, 3)}
+        self.report(step, figures={**figures, "samples_per_s": rate})
+
+    def _evaluate_and_save(self) -> str:
+        improved = self._evaluate()
+        self.window.restart_clock()  # throughput excludes evaluation time
+        self._save()
+        if improved and self.is_main:
+            ckpt.publish_best(
+                self.run_dir,
+                self._checkpoint_dir(self.state.step),
+                self.processor,
+                self.o.lora.adapter_scale,
+            )
+        patience = self.o.evaluation.early_stopping_patience
+        if patience is not None and self.state.evals_without_improvement >= patience:
+            return "early-stopped"
+        return "finished"
+
+    def _stop_if_cancelled(self) -> None:
+        """Raise Cancelled (every rank at the same step: rank 0's ``cancel`` decides) with a
+        checkpoint of this step, from which --resume continues as if never stopped."""
+        stop = self.cancel is not None and self.cancel.is_set()
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [stop]
+            broadcast_object_list(box, from_process=0)
+            stop = bool(box[0])
+        if not stop:
+            return
+        if self.saved_at != self.state.step:
+            self._save()
+        self._close()
+        checkpoint = self._checkpoint_dir(self.state.step)
+        raise Cancelled(
+            f"training stopped at step {self.state.step} of {self.total_steps}; "
+            f"checkpoint {checkpoint}",
+            state="resumable",
+            checkpoint=checkpoint,
         )
 
-    # ------------------------------------------------------- eval, save, log
     def _checkpoint_dir(self, step: int) -> Path:
         return self.run_dir / ckpt.CHECKPOINTS / f"step-{step:07d}"
 
-    def _save(self) -> int:
+    def _save(self) -> None:
         self.acc.wait_for_everyone()
+        self.state.checkpoints_saved += 1
         if self.is_main:
             ckpt.save_checkpoint(
                 self.run_dir,
@@ -593,11 +651,11 @@ class Trainer:
                 self.optimizer,
                 self.scheduler,
                 extra=self._adalora_extra(),
-                keep=self.o.save_total_limit,
+                keep=self.o.run.save_total_limit,
                 style=self.output_style,
             )
         self.acc.wait_for_everyone()
-        return self.state.step
+        self.saved_at = self.state.step
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -616,106 +674,43 @@ class Trainer:
                 if k != "step" and isinstance(v, (int, float)):
                     self.writer.add_scalar(k, v, record["step"])
 
-    def _score(self, model) -> float:
-        """The eval set's CER/WER for ``model``, decoded as the run's evaluations decode."""
-        return evaluate_model(
-            model,
-            self.processor,
-            self.eval_samples,
-            self.o,
-            self.metric_name,
-            device=self.acc.device,
-            style=self.output_style,
-        )
-
     def _evaluate(self) -> bool:
-        """Score the eval set with generate (rank 0); True when the metric improved."""
+        """Score the eval set (rank 0); True when the metric improved."""
         improved = False
         if self.is_main:
-            self.progress({"kind": "status", "message": "evaluating"})
             t = time.perf_counter()
-            rate = self._score(self.acc.unwrap_model(self.model))
+            rate = self.validator.score(self.acc.unwrap_model(self.model), self.progress)
             self.model.train()
-            s = self.state
-            improved = s.best_metric is None or rate < s.best_metric
-            if improved:
-                s.best_metric, s.best_step = rate, s.step
-                s.evals_without_improvement = 0
-            else:
-                s.evals_without_improvement += 1
-            record = {
-                "step": s.step,
-                f"eval_{self.metric_name}": rate,
-                "eval_seconds": time.perf_counter() - t,
-            }
-            s.history.append(record)
-            self._log(record)
-            self.progress(
-                {
-                    "kind": "eval",
-                    "step": s.step,
-                    "metric": self.metric_name,
-                    "value": rate,
-                    "best": s.best_metric,
-                }
-            )
-        improved = bool(self._broadcast(improved))
+            improved = self._record_evaluation(rate, time.perf_counter() - t)
+        return bool(self._broadcast(improved))
+
+    def _record_evaluation(self, rate: float, seconds: float) -> bool:
+        s, metric = self.state, self.metric_name
+        improved = s.best_metric is None or rate < s.best_metric
+        if improved:
+            s.best_metric, s.best_step = rate, s.step
+            s.evals_without_improvement = 0
+        else:
+            s.evals_without_improvement += 1
+        record = {"step": s.step, f"eval_{metric}": rate, "eval_seconds": seconds}
+        s.history.append(record)
+        self._log(record)
+        self._validated(
+            STAGE,
+            f"step {s.step}: eval {metric} {rate * 100:.2f} % (best {s.best_metric * 100:.2f} %)",
+            {metric: rate, "best": s.best_metric},
+            seconds,
+        )
         return improved
 
-    def _publish_average(self) -> list[Path]:
-        """Publish best/ as the average of the best checkpoint's adapter and the newest other
-        checkpoints' (``--average-checkpoints``); the checkpoints used, or [] when it was not
-        averaged (see :func:`checkpoint.average_adapters` for why)."""
-        o = self.o
-        if o.average_checkpoints <= 1 or self.state.best_step is None:
-            return []
-        if o.method != "lora":
-            logger.info("--average-checkpoints: LoRA only; best/ is the best %s epoch", o.method)
-            return []
-        best_ckpt = self._checkpoint_dir(self.state.best_step)
-        newest_first = reversed(ckpt.completed_checkpoints(self.run_dir))
-        others = [p for p in newest_first if p != best_ckpt][: o.average_checkpoints - 1]
-        if len(others) < o.average_checkpoints - 1:
-            logger.warning(
-                "--average-checkpoints %d: only %d checkpoint(s) besides the best are kept "
-                "(raise --save-total-limit); averaging %d",
-                o.average_checkpoints,
-                len(others),
-                len(others) + 1,
-            )
-        if not others or not best_ckpt.is_dir():
-            return []
-        made_of = ckpt.publish_best(
-            self.run_dir, best_ckpt, self.processor, o.adapter_scale, average_with=others
-        )
-        # publish_best leaves best/ unaveraged where the identity does not hold (DoRA, ...)
-        return sorted(made_of) if len(made_of) > 1 else []
-
-    def _evaluate_published(self, best: Path) -> float:
-        """Score best/ as users will load it (averaged and scaled), so the figure the run
-        reports is the published model's, not only the full-scale best epoch's."""
-        from whispertune.models.loading import load_transformers
-
-        self.progress({"kind": "status", "message": "evaluating best/"})
-        t = time.perf_counter()
-        # a second copy of the model: in the training precision on a GPU, where memory is short
-        dtype = self.o.precision if self.acc.device.type == "cuda" else "fp32"
-        loaded = load_transformers(str(best), dtype=dtype, device=str(self.acc.device))
-        rate = self._score(loaded.model)
-        del loaded
-        if self.acc.device.type == "cuda":
-            torch.cuda.empty_cache()
-        record = {
-            "step": self.state.step,
-            f"best_dir_{self.metric_name}": rate,
-            "eval_seconds": time.perf_counter() - t,
-        }
-        self._log(record)
-        self.progress(
-            {"kind": "eval", "step": self.state.step, "metric": self.metric_name,
-             "value": rate, "best": self.state.best_metric, "published": True}
-        )
-        return rate
+    def _validated(
+        self, stage: str, message: str, figures: dict[str, float], seconds: float
+    ) -> None:
+        """The closing event of one evaluation: its figures and its line."""
+        if self.progress is None:
+            return
+        n = len(self.validator.samples)
+        self.progress(ProgressEvent(stage, n, n, "clip", seconds, message=message, figures=figures))
 
     def _broadcast(self, value: Any) -> Any:
         if self.acc.num_processes == 1:
@@ -726,6 +721,118 @@ class Trainer:
         broadcast_object_list(box, from_process=0)
         self.state = box[1] if not self.is_main else self.state
         return box[0]
+
+    # ------------------------------------------------------------- finish
+    def _finish(self, status: str, seconds: float) -> TrainResult:
+        """Publish best/ (the best checkpoint, averaged and scaled, and scored as published;
+        the last checkpoint without an eval set) and close the run."""
+        published, averaged = None, []
+        if self.is_main:
+            published, averaged = self._publish()
+        self.acc.wait_for_everyone()
+        self._close()
+        return TrainResult(
+            run_dir=self.run_dir,
+            best_dir=self.run_dir / ckpt.BEST,
+            steps=self.state.step,
+            best_metric=self.state.best_metric,
+            metric_name=self.metric_name,
+            status=status,
+            train_samples=len(self.samples),
+            filtered=self.filter_report.summary(),
+            seconds=seconds,
+            best_step=self.state.best_step,
+            averaged_steps=[int(p.name.split("-")[1]) for p in averaged],
+            published_metric=published,
+        )
+
+    def _publish(self) -> tuple[float | None, list[Path]]:
+        """best/ as the run leaves it; its figure (when it is not the best epoch's as scored)
+        and the checkpoints averaged into it."""
+        lora = self.o.lora
+        best = self.run_dir / ckpt.BEST
+        if self.validator is None or not best.exists():
+            last = self._checkpoint_dir(self.state.step)
+            ckpt.publish_best(self.run_dir, last, self.processor, lora.adapter_scale)
+            return None, []
+        averaged = self._publish_average()
+        if averaged or (lora.adapter and lora.adapter_scale != 1):
+            return self._evaluate_published(best), averaged
+        return None, averaged
+
+    def _publish_average(self) -> list[Path]:
+        """Publish best/ as the average of the best checkpoint's adapter and the newest other
+        checkpoints' (``--average-checkpoints``); the checkpoints used, or [] when it was not
+        averaged (see :func:`checkpoint.average_adapters` for why)."""
+        lora = self.o.lora
+        if lora.average_checkpoints <= 1 or self.state.best_step is None:
+            return []
+        if lora.method != "lora":
+            logger.info("--average-checkpoints: LoRA only; best/ is the best %s epoch", lora.method)
+            return []
+        best_ckpt = self._checkpoint_dir(self.state.best_step)
+        newest_first = reversed(ckpt.completed_checkpoints(self.run_dir))
+        others = [p for p in newest_first if p != best_ckpt][: lora.average_checkpoints - 1]
+        if len(others) < lora.average_checkpoints - 1:
+            self._explain_short_average(len(others))
+        if not others or not best_ckpt.is_dir():
+            return []
+        made_of = ckpt.publish_best(
+            self.run_dir, best_ckpt, self.processor, lora.adapter_scale, average_with=others
+        )
+        # publish_best leaves best/ unaveraged where the identity does not hold (DoRA, ...)
+        return sorted(made_of) if len(made_of) > 1 else []
+
+    def _explain_short_average(self, others: int) -> None:
+        """Why best/ averages fewer checkpoints than --average-checkpoints asks, with the
+        advice that fits: pruning (--save-total-limit) or a run that saved few."""
+        wanted = self.o.lora.average_checkpoints
+        made = max(0, self.state.checkpoints_saved - 1)  # besides the best one
+        outcome = f"averaging {others + 1}" if others else "best/ is the best checkpoint alone"
+        if made > others:
+            logger.warning(
+                "--average-checkpoints %d: only %d checkpoint(s) besides the best are kept; "
+                "%s (--save-total-limit %d or more keeps enough)",
+                wanted,
+                others,
+                outcome,
+                wanted - 1,
+            )
+        else:
+            logger.info(
+                "--average-checkpoints %d: the run saved %d checkpoint(s) besides the best; %s",
+                wanted,
+                others,
+                outcome,
+            )
+
+    def _evaluate_published(self, best: Path) -> float:
+        """Score best/ as users will load it (averaged and scaled), so the figure the run
+        reports is the published model's, not only the full-scale best epoch's."""
+        from whispertune.models.loading import load_transformers
+
+        t = time.perf_counter()
+        # a second copy of the model: in the training precision on a GPU, where memory is short
+        device = self.acc.device
+        dtype = self.o.optim.precision if device.type == "cuda" else "fp32"
+        loaded = load_transformers(str(best), dtype=dtype, device=str(device))
+        rate = self.validator.score(loaded.model, self.progress, PUBLISHED_STAGE)
+        del loaded
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        seconds = time.perf_counter() - t
+        metric = self.metric_name
+        self._log(
+            {"step": self.state.step, f"best_dir_{metric}": rate, "eval_seconds": seconds}
+        )
+        message = f"best/ as published: eval {metric} {rate * 100:.2f} %"
+        self._validated(PUBLISHED_STAGE, message, {metric: rate}, seconds)
+        return rate
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def split_holdout(samples: list, fraction: float) -> tuple[list, list]:
@@ -756,77 +863,58 @@ def adalora_orthogonal_penalty(model) -> torch.Tensor:
     return config.orth_reg_weight * total / max(1, count)
 
 
-@torch.inference_mode()
-def evaluate_model(
-    model,
-    processor,
-    samples,
-    options: TrainOptions,
-    metric: str,
-    device=None,
-    style: OutputStyle | None = None,
-) -> float:
-    """CER/WER of ``model`` on ``samples`` with greedy (or beam) ``generate``, its output in
-    the model's ``style`` as inference will write it."""
-    from whispertune.audio import load_audio
-    from whispertune.evaluate import score_pairs
-    from whispertune.languages import language_code
-    from whispertune.text import normalize
+@contextlib.contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Leave the process as a run found it: torch's thread count, the python, numpy, torch
+    (and CUDA) RNG states (a run seeds them, and a resumed run sets them from its checkpoint)
+    and accelerate's process-wide AcceleratorState (which otherwise refuses a later run in
+    another precision), on success, error or cancel alike."""
+    from accelerate.state import AcceleratorState
 
-    was_training = model.training
-    model.eval()
-    refs, hyps = [], []
-    english = metric == "wer"
-    dtype = next(model.parameters()).dtype
-    # Room for twice the longest reference: enough to see hallucinated repetition, without
-    # letting an untrained model babble 224 tokens per clip.
-    longest = max(
-        len(processor.tokenizer.encode(s.text, add_special_tokens=False)) for s in samples
-    )
-    max_new = int(min(224, max(32, 2 * longest + 8)))
-    by_lang: dict[str | None, list] = {}
-    for s in samples:
-        by_lang.setdefault(s.language or options.language, []).append(s)
-    for lang, group in by_lang.items():
-        for i in range(0, len(group), options.eval_batch_size):
-            chunk = group[i : i + options.eval_batch_size]
-            audios = [load_audio(s.audio_path, s.start_time, s.end_time) for s in chunk]
-            feats = processor.feature_extractor(
-                audios, sampling_rate=16000, return_tensors="pt"
-            ).input_features
-            kwargs: dict[str, Any] = {"task": options.task}
-            code = language_code(lang) if lang else None
-            if code:
-                kwargs["language"] = code
-            out = model.generate(
-                input_features=feats.to(device or "cpu", dtype),
-                num_beams=options.eval_beam_size,
-                max_new_tokens=max_new,
-                do_sample=False,
-                **kwargs,
-            )
-            texts = processor.tokenizer.batch_decode(out, skip_special_tokens=True)
-            for s, text in zip(chunk, texts, strict=True):
-                refs.append(normalize(s.text, english=english))
-                hyps.append(normalize(apply_style(text, code, style or OutputStyle()),
-                                      english=english))
-    if was_training:
-        model.train()
-    subs, dels, ins, n, _ = score_pairs(refs, hyps, metric)
-    return (subs + dels + ins) / max(1, n)
+    threads = torch.get_num_threads()
+    rng = ckpt.rng_state()
+    accelerate_was_set = bool(AcceleratorState._shared_state)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        ckpt.set_rng_state(rng)
+        if not accelerate_was_set:
+            AcceleratorState._reset_state()  # the process group (PartialState) stays
 
 
 def train(
     options: TrainOptions,
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> TrainResult:
-    """Fine-tune per ``options``; ``progress`` receives events (dicts with a "kind": start,
-    status, cache, step, eval, end) and ``cancel`` stops after the current step with a
-    checkpoint that ``resume`` continues."""
-    trainer = Trainer(options, progress, cancel)
-    trainer.setup()
-    return trainer.run()
+    """Fine-tune per ``options``; the run directory holds checkpoints, metrics and best/.
+
+    ``progress`` receives :class:`~whispertune.progress.ProgressEvent`\\ s: stage
+    "encoder-cache" (clips, when the encoder output is cached), "train" (``done`` = optimizer
+    step of ``total`` steps; figures loss, lr, epoch, samples_per_s), "validate" (clips of
+    one evaluation, which starts again at 0 for the next, after steps; its last event has the
+    figures {metric: value, "best": value} and a ``message`` line such as "step 48: eval cer
+    18.33 % (best 18.33 %)") and, at the end, "validate-best" (best/ scored as published,
+    where averaging or scaling made it differ from the best checkpoint).
+
+    ``cancel``, when set, stops the run after the current step (its evaluation, if one is
+    due, finishes first): a checkpoint of that step is saved and
+    :class:`~whispertune.progress.Cancelled` is raised with ``state="resumable"`` and
+    ``checkpoint``; ``resume`` continues from it to the weights an uninterrupted run ends
+    with. Set while the encoder cache is computed, it stops there (``state="removed"``: no
+    step was trained, the partial cache is deleted).
+
+    Process-wide state: the torch thread count (``threads``), the RNG states and accelerate's
+    state are restored on return, error or cancel. One change stays: a run whose steps go
+    through the whole encoder (no encoder cache) fixes glibc's mmap threshold at 1 MiB
+    (:func:`~whispertune.train.hardware.return_freed_activations_to_the_os`), which glibc
+    offers no way to undo; it only makes large freed buffers go back to the OS.
+    """
+    with process_state_kept():
+        trainer = Trainer(options, progress, cancel)
+        trainer.setup()
+        return trainer.fit()
 
 
 def _manifest_style(samples: list[Sample], default_language: str | None) -> OutputStyle:

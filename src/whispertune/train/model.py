@@ -10,14 +10,14 @@ import torch
 from whispertune.errors import UserError
 from whispertune.models.loading import LoadedModel, load_processor
 from whispertune.models.sources import ModelSource, resolve
-from whispertune.train.config import TrainOptions
+from whispertune.train.config import LoraOptions, TrainOptions
 
 logger = logging.getLogger(__name__)
 
 
 def check_hardware(options: TrainOptions) -> None:
     """Refuse what this machine cannot do before any data is read or model loaded."""
-    if options.load_8bit:
+    if options.optim.load_8bit:
         if not torch.cuda.is_available():
             raise UserError(
                 "--load-8bit needs a CUDA GPU (bitsandbytes 8-bit kernels); none found. "
@@ -27,11 +27,9 @@ def check_hardware(options: TrainOptions) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise UserError("--load-8bit needs bitsandbytes: pip install bitsandbytes") from None
-        if options.method == "full":
-            raise UserError("--load-8bit works with LoRA/AdaLoRA, not full fine-tuning")
-    if options.precision == "fp16" and not torch.cuda.is_available():
+    if options.optim.precision == "fp16" and not torch.cuda.is_available():
         raise UserError("--precision fp16 needs a CUDA GPU; on the CPU use fp32 or bf16")
-    if options.precision == "bf16" and not torch.cuda.is_available():
+    if options.optim.precision == "bf16" and not torch.cuda.is_available():
         from whispertune.train.hardware import cpu_has_bf16
 
         if not cpu_has_bf16():
@@ -40,7 +38,7 @@ def check_hardware(options: TrainOptions) -> None:
             )
 
 
-def lora_target_modules(options: TrainOptions, encoder_layer_count: int) -> list[str] | str:
+def lora_target_modules(options: LoraOptions, encoder_layer_count: int) -> list[str] | str:
     """Module names for peft: all matching modules, or only the decoder's (a regex), plus the
     last ``options.trained_encoder_layers`` encoder layers."""
     if options.lora_scope in ("decoder", "encoder"):
@@ -67,27 +65,27 @@ def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
 
     source: ModelSource = resolve(options.model)
     kwargs = {}
-    if options.load_8bit:
+    if options.optim.load_8bit:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     model = WhisperForConditionalGeneration.from_pretrained(
         source.hf_dir(), dtype=torch.float32, **kwargs
     )
-    if options.spec_augment:
+    if options.augment.spec_augment:
         model.config.apply_spec_augment = True
         model.config.mask_time_prob = 0.05
         model.config.mask_feature_prob = 0.05
         model.config.mask_feature_length = 10
-    if (options.encoder_layers or 0) > model.config.encoder_layers:
+    if (options.lora.encoder_layers or 0) > model.config.encoder_layers:
         raise UserError(
-            f"--encoder-layers {options.encoder_layers}: this model's encoder has "
+            f"--encoder-layers {options.lora.encoder_layers}: this model's encoder has "
             f"{model.config.encoder_layers} layers"
         )
     # generation-related values in the model config conflict with generation_config in v5
     model.config.forced_decoder_ids = None
-    if options.method in ("lora", "adalora"):
-        model = _with_adapter(model, source, options, total_steps)
+    if options.lora.adapter:
+        model = _with_adapter(model, source, options.lora, total_steps)
     else:
         if source.adapter_dir is not None:
             from peft import PeftModel
@@ -95,17 +93,17 @@ def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
             model = PeftModel.from_pretrained(model, source.adapter_dir).merge_and_unload()
         for p in model.parameters():
             p.requires_grad = True
-        if options.freeze_encoder:
+        if options.lora.freeze_encoder:
             encoder = model.model.encoder
             for p in encoder.parameters():
                 p.requires_grad = False
-            trained = options.trained_encoder_layers(len(encoder.layers))
+            trained = options.lora.trained_encoder_layers(len(encoder.layers))
             if trained:
                 top = list(encoder.layers[-trained:]) + [encoder.layer_norm]
                 for module in top:
                     for p in module.parameters():
                         p.requires_grad = True
-    if options.gradient_checkpointing:
+    if options.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
@@ -120,7 +118,7 @@ def build_model(options: TrainOptions, total_steps: int) -> LoadedModel:
     return LoadedModel(model=model, processor=load_processor(source), source=source)
 
 
-def _with_adapter(model, source: ModelSource, options: TrainOptions, total_steps: int):
+def _with_adapter(model, source: ModelSource, options: LoraOptions, total_steps: int):
     from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 
     if source.adapter_dir is not None:  # continue training an existing adapter
