@@ -90,7 +90,8 @@ def test_concurrent_calls_share_one_decode_and_get_their_own_transcripts():
     batcher.close()
     # the three calls differ only in language: one decode of 4 clips, languages per clip
     assert [c["n"] for c in real.calls] == [1, 4]
-    assert real.calls[1]["languages"] == ["zh", "zh", "en", "ja"]
+    # (the threads queue in any order; each clip keeps its own language)
+    assert sorted(real.calls[1]["languages"]) == ["en", "ja", "zh", "zh"]
     assert real.calls[1]["options"].language is None
     assert [t.text for t in results["a"]] == ["1/zh", "2/zh"]
     assert [t.text for t in results["b"]] == ["3/en"]
