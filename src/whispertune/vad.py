@@ -49,7 +49,8 @@ class SpeechFinder:
     file's length), runs the VAD over the buffer and returns the spans that are complete. A
     speech region within a margin of the buffer's end may go on in the next block, and the
     block's last span may have room for speech that follows: both are carried over, to be
-    grouped again with what the next pass reads.
+    grouped again with what the next pass reads. ``pass_samples`` must exceed a 30 s span plus
+    the margin, so that every pass moves on.
     """
 
     def __init__(self, buffer: AudioBuffer, settings: VadSettings, pass_samples: int) -> None:
@@ -85,7 +86,9 @@ class SpeechFinder:
                 keep_from = max(keep_from, done[-1]["end"])
             keep_from = max(0, keep_from)
         spans = list(group_regions(buffer.audio, done, start))
-        if not self.eof and spans:
+        if not self.eof and spans and spans[-1].file_start > start:
+            # (a last span at the buffer's start is the only one, with silence to the cut
+            # after it: it cannot grow, and carrying it would leave the buffer stuck)
             last = spans.pop()
             keep_from = min(keep_from, last.file_start - start)
             done = [r for r in done if r["start"] + start < last.file_start]

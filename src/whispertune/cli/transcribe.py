@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from whispertune import options
+from whispertune.cli._command import add_command
 from whispertune.transcribe import TranscribeOptions
 
 DESCRIPTION = """\
@@ -28,14 +29,16 @@ measurements: see docs/transcription.md.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    add_command(
+        sub,
         "transcribe",
+        TranscribeOptions,
+        run,
         help="transcribe audio files of any length to txt/srt/vtt/json/tsv",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        config_file=True,
+        raw_description=True,
     )
-    options.add_options(p, TranscribeOptions, config_file=True)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
