@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "transcribe",
     "export",
     "serve",
+    "webui",
 )
 # Kept at WARNING (INFO is their progress chatter) unless -vv.
 _NOISY_LOGGERS = ("httpx", "urllib3", "huggingface_hub", "filelock", "faster_whisper", "jieba")
