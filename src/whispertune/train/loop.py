@@ -52,6 +52,7 @@ from whispertune.train.validate import PUBLISHED_STAGE, STAGE, Validator
 
 logger = logging.getLogger(__name__)
 
+_COMPUTING_CACHE = "computing encoder outputs (once per clip: later runs on these clips reuse them)"
 _RUN_FILES = (
     ckpt.RUN_FILE,
     "metrics.jsonl",
@@ -163,6 +164,7 @@ class Trainer:
         tokenizer = self._prepare_data()
         model = self._build_model(tokenizer)
         self._build_optimizer(model)
+        self._build_validator()
         if resume_from is not None:
             self._restore(resume_from)
         if self.is_main:
@@ -310,13 +312,17 @@ class Trainer:
         directory = cache_dir("encoder")
         if self.is_main:
             report = Reporter(self.progress, "encoder-cache", len(self.dataset), "clip")
-            report(0, message="computing encoder outputs (once per clip; later runs reuse them)")
+
+            def computed(done: int, total: int) -> None:  # not called where the cache exists
+                first = report.done == 0
+                report(done, total, message=_COMPUTING_CACHE if first else "")
+
             cache = build_encoder_cache(
                 encoder,
                 self.dataset,
                 directory,
                 key,
-                progress=lambda done, total: report(done, total),
+                progress=computed,
                 trained_layers=self.top_layers,
                 cancel=self.cancel,
             )
@@ -331,7 +337,7 @@ class Trainer:
         return CachedDataset(self.dataset, cache)
 
     def _build_optimizer(self, model) -> None:
-        """AdamW over the trainable parameters, the LR schedule, the devices; the validator."""
+        """AdamW over the trainable parameters, the LR schedule, the devices."""
         from transformers import get_scheduler
 
         optim = self.o.optim
@@ -344,23 +350,25 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.metric_name = self._metric_name()
-        if self.eval_samples and self.is_main:
+
+    def _build_validator(self) -> None:
+        """The metric (on every rank, for the result) and what scores it (rank 0 only)."""
+        from whispertune.evaluate import choose_metric
+
+        self.metric_name = None
+        if not self.eval_samples:
+            return
+        o = self.o
+        self.metric_name = choose_metric(o.evaluation.metric, self.eval_samples, o.data.language)
+        if self.is_main:
             self.validator = Validator(
                 self.processor,
                 self.eval_samples,
-                self.o,
+                o,
                 self.metric_name,
                 self.acc.device,
                 self.output_style,
             )
-
-    def _metric_name(self) -> str | None:
-        if not self.eval_samples:
-            return None
-        from whispertune.evaluate import choose_metric
-
-        return choose_metric(self.o.evaluation.metric, self.eval_samples, self.o.data.language)
 
     def _write_run_file(self) -> None:
         record = {
