@@ -154,3 +154,29 @@ def test_an_unknown_language_fails_before_it_joins_a_batch():
     # everything else is the real model's
     assert batcher.name == "recording" and batcher.encode_text("abc") == [3]
     batcher.close()
+
+
+def test_after_a_batch_of_n_callers_it_waits_briefly_for_n_again():
+    """Clients answered together send again a few tens of ms apart: their next calls are
+    decoded together, not the first alone and the rest behind it."""
+    real = Recording()
+    batcher = BatchingTranscriber(real, max_batch=8, max_wait=0.01, fill_wait=0.5)
+    results: dict = {}
+    first = held(real, batcher, results)
+    threads = [call_in_thread(batcher, results, k, [clip(i)], DecodeOptions())
+               for i, k in enumerate("abc")]
+    time.sleep(0.2)
+    real.gate.set()
+    for t in [first, *threads]:
+        t.join(10)
+    threads = []
+    for i, k in enumerate("def"):
+        threads.append(call_in_thread(batcher, results, k, [clip(10 + i)], DecodeOptions()))
+        time.sleep(0.05)
+    for t in threads:
+        t.join(10)
+    lone = call_in_thread(batcher, results, "g", [clip(20)], DecodeOptions())
+    lone.join(10)
+    batcher.close()
+    assert [c["n"] for c in real.calls] == [1, 3, 3, 1]
+    assert [t.text for t in results["e"]] == ["11/None"]

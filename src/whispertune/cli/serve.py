@@ -19,8 +19,8 @@ upload or record audio (GET /), the API docs (GET /docs) and GET /health.
 The model is loaded once, from any source --model takes (a transformers directory or a LoRA
 adapter from 'whispertune train' is merged and converted to CTranslate2 once and cached).
 Concurrent requests share decodes: the speech spans of requests that arrive together are
-decoded in one batch (--max-batch), which on 2 CPU cores more than doubled throughput at 8
-concurrent clients (docs/server.md). Decode options (--beam-size, --language, --numerals,
+decoded in one batch (--max-batch; --no-batching serves one request at a time; the load
+figures of both are in docs/server.md). Decode options (--beam-size, --language, --numerals,
 --no-rescore...) are 'whispertune transcribe's and are the defaults of every request.
 
 Limits: --max-upload-mb (413), --max-duration (400), --max-queue (503 + Retry-After). The

@@ -76,16 +76,23 @@ class BatchingTranscriber:
 
     ``max_batch``: most clips in one call of the real model (a caller's own call is never
     split, so a batch can exceed it by one call's clips). ``max_wait``: seconds an idle worker
-    waits for companions before decoding a lone call; while the model is busy, calls gather
-    on their own, so the wait only costs anything when the server is nearly idle.
+    waits for companions before decoding a lone call; ``fill_wait``: seconds it waits for as
+    many callers as the previous batch served (see ``_take``). While the model is busy, calls
+    gather on their own, so the waits only cost anything when it would otherwise idle.
     """
 
     def __init__(
-        self, transcriber: Transcriber, max_batch: int = 8, max_wait: float = 0.01
+        self,
+        transcriber: Transcriber,
+        max_batch: int = 8,
+        max_wait: float = 0.01,
+        fill_wait: float = 0.2,
     ) -> None:
         self.real = transcriber
         self.max_batch = max(1, max_batch)
         self.max_wait = max(0.0, max_wait)
+        self.fill_wait = max(0.0, fill_wait)
+        self._last_demand = 1
         self.stats = BatchStats()
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -178,18 +185,28 @@ class BatchingTranscriber:
 
     def _take(self) -> list[_Job] | None:
         """The next batch: the oldest waiting call and the calls behind it with the same key,
-        up to ``max_batch`` clips. Waits up to ``max_wait`` for companions when the batch is
-        not full. None once closed and drained."""
+        up to ``max_batch`` clips. None once closed and drained.
+
+        How long to wait for companions: up to ``max_wait`` when at least as many callers
+        are queued as the last batch served (a lone client pays almost nothing), and up to
+        ``fill_wait`` for that many callers otherwise. Why: when a batch
+        ends, its callers' clients get their answers together and send their next requests
+        over the next tens of milliseconds; decoding the first of them alone would run a
+        batch of one (one core busy, measured) while the others queue behind it.
+        """
         with self._cond:
             while not self._queue:
                 if self._closed:
                     return None
                 self._cond.wait()
             first = self._queue[0]
-            deadline = time.monotonic() + self.max_wait
+            start = time.monotonic()
             while True:
-                size = sum(len(j.audios) for j in self._queue if j.key == first.key)
-                left = deadline - time.monotonic()
+                same = [j for j in self._queue if j.key == first.key]
+                size = sum(len(j.audios) for j in same)
+                enough = len(same) >= self._last_demand
+                wait = self.max_wait if enough else max(self.max_wait, self.fill_wait)
+                left = start + wait - time.monotonic()
                 if size >= self.max_batch or left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
@@ -202,6 +219,8 @@ class BatchingTranscriber:
                     break
                 batch.append(job)
                 count += len(job.audios)
+            # callers that were waiting (each has one call at a time): whom to wait for next
+            self._last_demand = max(1, len(batch))
             for job in batch:
                 self._queue.remove(job)
             return batch

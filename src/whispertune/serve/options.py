@@ -78,6 +78,14 @@ class ServeOptions:
             "that is not full (while it decodes, windows gather anyway)"
         },
     )
+    batch_fill_ms: float = field(
+        default=200.0,
+        metadata={
+            "help": "how long to wait for as many requests as the previous batch served "
+            "(clients that got their answers together send again together) before decoding "
+            "a smaller batch"
+        },
+    )
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     long_form: LongFormOptions = field(default_factory=LongFormOptions)
 

@@ -184,7 +184,10 @@ class Recognizer:
         self.batcher: BatchingTranscriber | None = None
         if options.batching:
             self.batcher = BatchingTranscriber(
-                model.transcriber, options.max_batch, options.batch_wait_ms / 1000
+                model.transcriber,
+                options.max_batch,
+                options.batch_wait_ms / 1000,
+                options.batch_fill_ms / 1000,
             )
             # Enough pipelines at once that their spans fill a batch and the next one
             # gathers while it decodes; the other admitted requests wait for a thread.
