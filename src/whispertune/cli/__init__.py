@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "evaluate",
     "transcribe",
     "export",
+    "gui",
     "serve",
     "webui",
 )
