@@ -85,8 +85,11 @@ def test_cancel_then_resume_ends_with_the_uninterrupted_weights(tiny_model, tmp_
         if event.stage == "train" and event.done == 5:  # mid-epoch, between evaluations
             cancel.set()
 
+    threads = torch.get_num_threads()
     with pytest.raises(Cancelled) as stopped:
-        train(_run_opts(tiny_model, tmp_path, "b"), progress=stop_at_step_5, cancel=cancel)
+        train(_run_opts(tiny_model, tmp_path, "b", threads=threads + 1), progress=stop_at_step_5,
+              cancel=cancel)
+    assert torch.get_num_threads() == threads  # restored on cancel too
     assert stopped.value.state == "resumable"
     assert stopped.value.checkpoint == tmp_path / "b/checkpoints/step-0000005"
     assert (tmp_path / "b/latest").read_text().strip() == "step-0000005"
