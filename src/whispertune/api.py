@@ -296,8 +296,10 @@ def train(
     """Fine-tune as ``whispertune train`` does; ``options`` is TrainOptions or a dict with the
     CLI's option names (``{"train": "train.jsonl", "output": "runs/x"}``).
 
-    Progress stages: "encoder-cache" (clips), "train" (steps; figures loss, lr), "validate"
-    (figures cer/wer). A set ``cancel`` saves a checkpoint at the current step and raises
+    Progress stages: "encoder-cache" (clips, when encoder outputs are computed), "train"
+    (steps; figures loss, lr, epoch, samples_per_s), "validate" (clips; its closing event has
+    figures cer/wer and best, and a message line), "validate-best" (best/ as published,
+    scored once at the end). A set ``cancel`` saves a checkpoint at the current step and raises
     Cancelled(state="resumable"); run again with ``resume=True`` to continue."""
     from whispertune.train import TrainOptions as _TrainOptions
     from whispertune.train import train as _train

@@ -441,5 +441,3 @@ def write_utterances(report: EvaluationReport, path: Path) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
-
-_choose_metric = choose_metric  # the trainer's name for it until it calls choose_metric

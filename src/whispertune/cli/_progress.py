@@ -48,6 +48,8 @@ class TqdmProgress:
         if event.total is not None and bar.total != event.total and event.unit != "s":
             bar.total = event.total
         done = round(event.done, 1) if event.unit == "s" else event.done
+        if float(done).is_integer():
+            done = int(done)  # "6/6 steps", not "6.0/6"
         if done > bar.n:
             bar.update(done - bar.n)
         if event.figures:
