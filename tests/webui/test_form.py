@@ -85,6 +85,10 @@ def test_preset_is_the_yaml_that_cli_config_reads(schema, tmp_path):
     assert via_cli == form.build_options(schema, values)
     loaded = form.load_preset(schema, path)
     assert form.changed(schema, loaded) == form.changed(schema, values)
+    (tmp_path / "recipe.yaml").write_text("lora-r: 4\n", encoding="utf-8")
+    recipe = form.load_preset(schema, tmp_path / "recipe.yaml")
+    assert recipe["lora_r"] == 4 and recipe["scheduler"] == "linear"  # the rest: defaults
+    assert not set(form.KEPT_BY_PRESETS) & set(recipe)  # the data at hand is kept
     (tmp_path / "bad.yaml").write_text("lora-rank: 4\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="lora_rank"):
         form.load_preset(schema, tmp_path / "bad.yaml")

@@ -44,34 +44,34 @@ def _stamp() -> str:
 
 def make_manifest(ctx: Context, uploads: list[str] | None, path_text: str,
                   language: str) -> tuple[Path, str]:
-    """A manifest from what the user gave: uploaded files (audio with .txt transcripts or a
-    transcripts.txt, a CSV/TSV table with its clips, or a .jsonl manifest), else a path on
-    this machine (a folder, a table or a manifest). Returns (manifest, what was done)."""
+    """A manifest from what the user gave: a path on this machine (a folder, a table or a
+    manifest), else the uploaded files (audio with .txt transcripts or a transcripts.txt, a
+    CSV/TSV table with its clips, or a .jsonl manifest). Returns (manifest, what was done)."""
     data_dir = ctx.runs_dir / "data"
     language = language.strip() or None
-    if uploads:
-        folder = data_dir / f"upload_{_stamp()}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in uploads:
-            shutil.copy2(f, folder / Path(f).name)
-        files = sorted(folder.iterdir())
-        manifests = [p for p in files if p.suffix == ".jsonl"]
-        tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
-        if manifests:
-            return manifests[0], f"uploaded manifest kept as {manifests[0]}"
-        if tables:
-            return _from_table(tables[0], data_dir, language)
-        return _from_folder(folder, data_dir, language)
     source = Path(path_text.strip()).expanduser() if path_text.strip() else None
-    if source is None:
+    if source is not None:  # typed after an upload: the newer intent wins
+        if source.is_dir():
+            return _from_folder(source, data_dir, language)
+        if source.suffix.lower() in TABLE_SUFFIXES:
+            return _from_table(source, data_dir, language)
+        if source.is_file():
+            return source, f"using the manifest {source}"
+        raise UserError(f"{source}: no such file or folder")
+    if not uploads:
         raise UserError("upload files or give a folder, table or manifest path first")
-    if source.is_dir():
-        return _from_folder(source, data_dir, language)
-    if source.suffix.lower() in TABLE_SUFFIXES:
-        return _from_table(source, data_dir, language)
-    if source.is_file():
-        return source, f"using the manifest {source}"
-    raise UserError(f"{source}: no such file or folder")
+    folder = data_dir / f"upload_{_stamp()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in uploads:
+        shutil.copy2(f, folder / Path(f).name)
+    files = sorted(folder.iterdir())
+    manifests = [p for p in files if p.suffix == ".jsonl"]
+    tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
+    if manifests:
+        return manifests[0], f"uploaded manifest kept as {manifests[0]}"
+    if tables:
+        return _from_table(tables[0], data_dir, language)
+    return _from_folder(folder, data_dir, language)
 
 
 def _from_folder(folder: Path, data_dir: Path, language: str | None) -> tuple[Path, str]:
@@ -125,8 +125,8 @@ def split(manifest: str, ratio: float, seed: int, by: str) -> tuple[str, str, st
                         test=Path(f"{stem}.test.jsonl"), ratio=float(ratio), seed=int(seed),
                         by=by.strip() or None)
     result = split_manifest(opts)
-    note = (f"{result.train} clips → {result.train_path}\n{result.test} clips → "
-            f"{result.test_path}\nThe Train tab's --train and --eval now point at them.")
+    note = (f"**{result.train} clips** → `{result.train_path}`  \n**{result.test} clips** → "
+            f"`{result.test_path}`  \nThe Train tab's `--train` and `--eval` now point at them.")
     return note, str(result.train_path), str(result.test_path)
 
 
@@ -163,7 +163,7 @@ def build(ctx: Context) -> None:
             uploads = gr.File(
                 label="Upload: audio files with .txt transcripts (or a transcripts.txt), "
                 "a CSV/TSV table with its clips, or a .jsonl manifest",
-                file_count="multiple", type="filepath", height=140,
+                file_count="multiple", type="filepath", height=140, elem_id="uploads",
             )
             with gr.Row():
                 source = gr.Textbox(label="…or a path on this machine (folder, table, manifest)",
@@ -196,7 +196,7 @@ def build(ctx: Context) -> None:
                 by = gr.Textbox(label="--by (keep a speaker/file on one side)",
                                 placeholder="speaker, audio …")
             split_btn = gr.Button("Split", elem_id="split")
-            split_note = gr.Textbox(label="result", lines=3, elem_id="split-note")
+            split_note = gr.Markdown(elem_id="split-note")
         with gr.Tab("Statistics"):
             with gr.Row():
                 with gr.Column(scale=2):

@@ -30,8 +30,9 @@ GROUP_TITLES = {
 }
 # Groups shown open: what a first run needs; the rest keep their CLI defaults, folded away.
 OPEN_GROUPS = ("", "data", "lora", "optim")
-# Set by the Start / Resume buttons, not typed (the form shows them read-only in the preview).
-BUTTON_FIELDS = ("resume",)
+# Where the data and the run are: a preset that does not name them leaves them as they are
+# (a recipe is applied to the data at hand, not to the data it was saved with).
+KEPT_BY_PRESETS = ("train", "eval", "output")
 
 
 def train_schema() -> list[dict[str, Any]]:
@@ -169,14 +170,15 @@ def preset_yaml(schema: list[dict[str, Any]], values: dict[str, Any]) -> str:
 
 
 def load_preset(schema: list[dict[str, Any]], path: Path) -> dict[str, Any]:
-    """Form values from a ``--config`` file (the CLI's reader): every field, the file's values
-    over the CLI defaults; unknown keys are an error naming them, as in the CLI."""
+    """Form values from a ``--config`` file (the CLI's reader): the file's values over the CLI
+    defaults, except that fields of :data:`KEPT_BY_PRESETS` the file does not set are left
+    out (the form keeps them); unknown keys are an error naming them, as in the CLI."""
     data = options.load_config_file(path)
     known = {row["name"] for row in schema}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    values = default_values(schema)
+    values = {k: v for k, v in default_values(schema).items() if k not in KEPT_BY_PRESETS}
     values.update(data)
     return values
 

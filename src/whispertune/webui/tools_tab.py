@@ -113,7 +113,7 @@ def build(ctx: Context) -> None:
                 manifest = gr.Textbox(label="manifest to score", scale=4, elem_id="eval-manifest")
                 language = gr.Textbox(label="language", placeholder="auto", scale=1)
                 beam = gr.Number(label="beam size", value=5, precision=0, scale=1)
-                limit = gr.Number(label="clips (empty: all)", value=None, precision=0, scale=1)
+                limit = gr.Number(label="clips (0: all)", value=0, precision=0, scale=1)
             with gr.Row():
                 eval_btn = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
                 eval_cancel = gr.Button("Cancel", scale=0, min_width=100)

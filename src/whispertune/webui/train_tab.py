@@ -157,7 +157,7 @@ def build(ctx: Context) -> None:
                     load_preset_btn = gr.Button("Load", scale=1)
                 with gr.Row():
                     preset_upload = gr.UploadButton("Upload a --config YAML", file_types=[
-                        ".yaml", ".yml", ".json"], type="filepath")
+                        ".yaml", ".yml", ".json"], type="filepath", elem_id="preset-upload")
                     script_btn = gr.Button("Save as script (.sh)")
                 download = gr.File(label="saved file", interactive=False, visible=False)
                 preset_note = gr.Markdown()
@@ -207,7 +207,8 @@ def build(ctx: Context) -> None:
             values = form.load_preset(ctx.schema, path)
         except ConfigError as e:
             return [f"❌ {error_text(e)}"] + [gr.skip()] * len(names)
-        updates = [form.widget_value(r, values[r["name"]]) for r in ctx.schema]
+        updates = [form.widget_value(r, values[r["name"]]) if r["name"] in values
+                   else gr.skip() for r in ctx.schema]
         return [f"loaded {path}"] + updates
 
     def on_load_preset(name):
