@@ -240,6 +240,8 @@ class Transcriber(ABC):
     name: str = ""
     multilingual: bool = True
     supports_word_timestamps: bool = False
+    # Whether score_tokens counts the end-of-text token after each sequence.
+    scores_end_of_text: bool = True
 
     # The writing conventions of the model's training transcripts (see output_style); set by
     # the backend from its model directory, applied to every decode per ``options.numerals``.
@@ -310,9 +312,6 @@ class Transcriber(ABC):
     @abstractmethod
     def _score_tokens(self, clip: EncodedClip, prompt: Tokens, seqs: list[Tokens]) -> list[float]:
         """``score_tokens`` on the backend's own encoding of the clip."""
-
-    # Whether score_tokens counts the end-of-text token after each sequence.
-    scores_end_of_text: bool = True
 
     @abstractmethod
     def encode_text(self, text: str) -> list[int]:
