@@ -53,7 +53,7 @@ _MIN_COUNT = 3
 _VARIANTS_PER_SOUND = 3
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 # The first clips of a batch arrive from several workers (and a model may be shared by
-# several threads): the word model, the homophone index and zhconv's table are built under it.
+# several threads): the word model and the homophone index are built under it.
 _build_lock = threading.Lock()
 
 
@@ -74,9 +74,6 @@ def _load_tokenizer():
     jieba.setLogLevel(logging.WARNING)
     tok = jieba.Tokenizer()
     tok.check_initialized()
-    # zhconv builds its simplified-Chinese table on first use without a lock (a second thread
-    # can read it half built): build it here, under _build_lock, before any thread converts
-    to_simplified("")
     return tok
 
 

@@ -9,6 +9,7 @@ figures are comparable with published ones.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,9 +44,26 @@ def remove_punctuation(text: str) -> str:
 
 
 def to_simplified(text: str) -> str:
+    return _zhconv().convert(text, "zh-cn")
+
+
+_zhconv_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _zhconv_loaded():
     import zhconv
 
-    return zhconv.convert(text, "zh-cn")
+    zhconv.convert("", "zh-cn")  # builds its table (lazily, without a lock, inside zhconv)
+    return zhconv
+
+
+def _zhconv():
+    """zhconv with its conversion table built: zhconv builds it on first use without a lock,
+    so a second thread (a server's requests, a Model shared by threads) can read it half
+    built; here the first use happens once, under a lock."""
+    with _zhconv_lock:
+        return _zhconv_loaded()
 
 
 @lru_cache(maxsize=1)
