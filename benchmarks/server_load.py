@@ -4,8 +4,9 @@
                                      [--limit 56] [--threads 2] [--level-timeout 900]
 
 For each mode (``batched``: the default server; ``one-at-a-time``: ``--no-batching``, how the
-seed's server and whisper.cpp's serve) a server is started on a free loopback port, warmed up
-with one request, and then, for each concurrency C, C client threads send the AISHELL test
+seed's server and whisper.cpp's serve) a server is started on a free loopback port and warmed
+up with one request; then, for each concurrency C and each mode in turn (so that load from
+other jobs on the machine falls on both alike), C client threads send the AISHELL test
 clips (``src/whispertune/samples/aishell_s0150/test.jsonl``, language zh, the server's
 default decode options) to ``POST /recognition`` until max(limit, C) requests are done. Per
 level: p50/p95 latency, clips/s, errors, the server's peak RSS (VmHWM, reset per level) and
@@ -256,19 +257,25 @@ def main() -> int:
     levels: list[Level] = []
     longform: dict[str, dict] = {}
     logs = Path(tempfile.mkdtemp(prefix="server-load-"))
-    for mode in args.modes:
-        server = Server(args.model, args.threads, MODES[mode] + args.server_args,
-                        logs / f"{mode}.log")
-        try:
-            transcribe(server.url, work[0][0], args.language)  # warm-up
-            if long_file is not None and not args.no_longform:
+    # Both servers run side by side (an idle one costs no CPU) and the modes alternate per
+    # level, so that load from other jobs on the machine falls on both alike.
+    servers: dict[str, Server] = {}
+    try:
+        for mode in args.modes:
+            servers[mode] = Server(args.model, args.threads, MODES[mode] + args.server_args,
+                                   logs / f"{mode}.log")
+            transcribe(servers[mode].url, work[0][0], args.language)  # warm-up
+        if long_file is not None and not args.no_longform:
+            for mode, server in servers.items():
                 longform[mode] = first_segment(server, long_file, args.language)
                 print(f"{mode}: long-form {longform[mode]}", flush=True)
-            for c in args.concurrency:
+        for c in args.concurrency:
+            for mode, server in servers.items():
                 level = run_level(server, mode, c, work, args.language, args.level_timeout)
                 levels.append(level)
                 print(f"{mode} x{c}: {asdict(level)}", flush=True)
-        finally:
+    finally:
+        for server in servers.values():
             server.stop()
     print()
     print(f"model {args.model}, {args.threads} threads, {len(work)} AISHELL test clips per "

@@ -269,9 +269,16 @@ def test_full_queue_answers_503_and_a_client_that_leaves_cancels_its_work(
     assert tiny_server.leftover_files() == []
 
 
-def test_api_key_guards_every_route_but_health_and_the_page(tiny_model, tmp_path, jfk):
-    server = start_server(tmp_path / "keyed", str(tiny_model), *tiny_config(tmp_path),
-                          env={"WHISPERTUNE_API_KEY": "s3cret"})
+def test_a_transformers_model_is_served_and_the_key_guards_all_but_health_and_page(
+    tiny_model, tmp_path, jfk
+):
+    # served from the transformers directory (what training writes): converted to
+    # CTranslate2 once at load, into the cache
+    hf = tiny_model.parent / "hf"
+    cache = tmp_path / "cache"
+    server = start_server(tmp_path / "keyed", str(hf), *tiny_config(tmp_path),
+                          env={"WHISPERTUNE_API_KEY": "s3cret", "WHISPERTUNE_CACHE": str(cache)})
+    assert any(p.name == "model.bin" for p in cache.rglob("*"))
     try:
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
         assert httpx.get(f"{server.url}/", timeout=10).status_code == 200
