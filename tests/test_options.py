@@ -81,3 +81,15 @@ def test_build_from_dict_for_servers_and_uis():
     o = options.build(Opts, {"manifest": "m", "beam_size": "4"})
     assert o.inner.beam_size == 4 and isinstance(o.manifest, Path)
     assert options.to_dict(o)["manifest"] == "m"
+
+
+def test_a_flag_named_unlike_its_field_still_sets_it():
+    """--temperature fills DecodeOptions.temperatures (it was parsed into a name no option
+    has, and silently dropped)."""
+    from whispertune.transcribe import TranscribeOptions
+
+    parser = argparse.ArgumentParser()
+    options.add_options(parser, TranscribeOptions, config_file=True)
+    ns = parser.parse_args(["a.wav", "--temperature", "0", "--no-rescore"])
+    opts = options.from_args(TranscribeOptions, ns)
+    assert opts.decode.temperatures == [0.0] and opts.decode.rescore is False

@@ -323,12 +323,22 @@ def longform(shared_data):
     return shared_data / "longform" / m["audio"]["path"], m
 
 
-def _starts_ok(segments, sentences, tolerance=0.5):
-    """(share of predicted starts near a true sentence start, share of true starts found)."""
+def _starts_ok(segments, sentences, early=0.3, late=0.8):
+    """(share of predicted starts near a true sentence start, share of true starts found).
+
+    The true starts are the joined clips' boundaries, and each AISHELL clip opens with 0.2 to
+    0.8 s of quiet before its speech; a segment start on the speech (what subtitles want, and
+    what the VAD snapping aims at, less its 0.2 s pad) is therefore after the boundary. Near
+    means from ``early`` s before to ``late`` s after it (all matched starts measured 0.17 to
+    0.73 s after, in both modes)."""
     true = np.array([s["start"] for s in sentences])
     pred = np.array([s.start for s in segments])
-    precision = np.mean([np.min(np.abs(true - p)) <= tolerance for p in pred])
-    recall = np.mean([np.min(np.abs(pred - t)) <= tolerance for t in true])
+
+    def near(p, t):
+        return -early <= p - t <= late
+
+    precision = np.mean([any(near(p, t) for t in true) for p in pred])
+    recall = np.mean([any(near(p, t) for p in pred) for t in true])
     return precision, recall
 
 
@@ -346,7 +356,7 @@ def test_longform_text_and_segment_times(base, longform, vad):
                                 [normalize("".join(x.text for x in segments))], "cer")
     assert (s + d + i) / n < 0.22  # measured 18.4 % (vad) / 18.2 % (sequential)
     precision, recall = _starts_ok(segments, manifest["sentences"])
-    # measured: 59 % / 75 % (vad), 73 % / 75 % (sequential); misses are mostly sentences
+    # measured: 71 % / 100 % (vad), 65 % / 67 % (sequential); misses are mostly sentences
     # Whisper splits in two (a start in mid-sentence) — starts themselves are on the speech.
     assert precision >= 0.5 and recall >= 0.6, (precision, recall)
     assert segments[-1].end <= run.info.duration + 0.01

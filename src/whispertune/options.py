@@ -114,7 +114,11 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, config_file: bool) -
             help_text = f"{help_text} (required: here or in --config)"
         if tp is bool:
             parser.add_argument(
-                _flag(f), action=argparse.BooleanOptionalAction, help=help_text, **kwargs
+                _flag(f),
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+                dest=f.name,  # the field, whatever the flag is called
+                **kwargs,
             )
             continue
         if origin in (list, tuple):
@@ -124,6 +128,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, config_file: bool) -
             _flag(f),
             type=_converter(tp),
             help=help_text,
+            dest=f.name,  # --temperature fills temperatures
             required=required,
             metavar=f.metadata.get("metavar"),
             **kwargs,
