@@ -55,6 +55,22 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/")
 
 
+ERROR_STATUSES = {
+    400: "bad field, empty/damaged audio, unknown language, audio too long",
+    401: "missing or wrong API key",
+    413: "upload larger than --max-upload-mb",
+    415: "not an audio file",
+    503: "queue full (Retry-After)",
+}
+
+
+def error_responses(model: type) -> dict[int | str, dict[str, Any]]:
+    """The error statuses every route can answer, for /docs, in the body shape ``model``
+    of its API (the seed's or OpenAI's)."""
+    return {status: {"model": model, "description": text} for status, text in
+            ERROR_STATUSES.items()}
+
+
 def error_body(path: str, status: int, message: str, param: str | None = None) -> dict:
     """The error in the shape of the route's API: OpenAI's ``{"error": {...}}`` (so the openai
     client raises its typed exceptions) or the seed's ``{"code": <non-zero>, "msg"}``."""

@@ -30,6 +30,7 @@ from whispertune.serve.http import (
     classify,
     collect,
     error_body,
+    error_responses,
     finish,
     open_run,
     sse,
@@ -47,16 +48,7 @@ class OpenAIError(BaseModel):
     error: dict[str, Any]
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OpenAIError, "description": text}
-    for status, text in {
-        400: "bad field, empty/damaged audio, unknown language, audio too long",
-        401: "missing or wrong API key",
-        413: "upload larger than --max-upload-mb",
-        415: "not an audio file",
-        503: "queue full (Retry-After)",
-    }.items()
-}
+ERRORS = error_responses(OpenAIError)
 
 FileField = Annotated[UploadFile, File(description="the audio or video file (any format "
                                                    "FFmpeg reads, any length)")]

@@ -26,6 +26,7 @@ from whispertune.serve.http import (
     classify,
     collect,
     error_body,
+    error_responses,
     finish,
     open_run,
 )
@@ -63,16 +64,7 @@ Language = Annotated[str | None, Form(description="language code or name (zh, en
                                                   "--language (detect)")]
 Task = Annotated[str, Form(description="transcribe, or translate to English")]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": SeedError, "description": text}
-    for status, text in {
-        400: "bad field, empty/damaged audio, unknown language, audio too long",
-        401: "missing or wrong API key",
-        413: "upload larger than --max-upload-mb",
-        415: "not an audio file",
-        503: "queue full (Retry-After)",
-    }.items()
-}
+ERRORS = error_responses(SeedError)
 
 
 def _overrides(language: str | None, task: str) -> dict[str, Any]:
