@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from whispertune.cli import build_parser
-from whispertune.webui.app import is_loopback, parse_auth
+from whispertune.network import is_loopback
+from whispertune.webui.app import parse_auth
 
 
 def test_flags_and_defaults():

@@ -9,7 +9,10 @@ CLI drifted apart.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from whispertune.errors import UserError
 
 
 def add_command(
@@ -50,3 +53,19 @@ def add_group(
     parser = sub.add_parser(name, help=help, description=description or help)
     parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
     return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+
+
+@contextmanager
+def needs_extra(extra: str, what: str) -> Iterator[None]:
+    """Imports of an optional extra (serve, webui, gui) inside this block that fail say which
+    extra to install, instead of a traceback; a failing import of our own modules is a bug and
+    stays one."""
+    try:
+        yield
+    except ImportError as e:
+        if (e.name or "").startswith("whispertune"):
+            raise
+        raise UserError(
+            f"{what} needs the '{extra}' extra ({e.name} is missing): "
+            f"pip install 'whispertune[{extra}]'"
+        ) from e

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from whispertune import options
-from whispertune.cli._command import add_command
-from whispertune.errors import UserError
+from whispertune.cli._command import add_command, needs_extra
 from whispertune.gui.options import GuiOptions
 
 
@@ -27,12 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     opts = options.from_args(GuiOptions, args)
-    try:
+    with needs_extra("gui", "the desktop app"):
         import PySide6  # noqa: F401 - only to say what is missing before anything starts
-    except ImportError as e:
-        raise UserError(
-            "the desktop app needs PySide6: pip install 'whispertune[gui]'"
-        ) from e
     from whispertune.gui import main
 
     return main(opts)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 
 from whispertune import options
-from whispertune.errors import UserError
+from whispertune.cli._command import needs_extra
+from whispertune.network import is_loopback
 from whispertune.serve.options import API_KEY_ENV, ServeOptions
 
 DESCRIPTION = f"""\
@@ -40,33 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     opts = options.from_args(ServeOptions, args)
-    try:
+    with needs_extra("serve", "the server"):
         import uvicorn
 
         from whispertune.serve.app import create_app
-    except ImportError as e:
-        raise UserError(
-            f"the server needs the 'serve' extra ({e.name} is missing): "
-            'pip install "whispertune[serve]"'
-        ) from e
     from whispertune.api import load_model
     from whispertune.languages import language_code
 
     if opts.decode.language and opts.decode.language.strip().lower() != "auto":
         language_code(opts.decode.language)  # an unknown language fails before the load
     key = opts.resolved_api_key()
-    if not _is_loopback(opts.host) and key is None:
+    if not is_loopback(opts.host) and key is None:
         print(
             f"warning: listening on {opts.host} without an API key: anyone who can reach "
             f"port {opts.port} can use this server (set --api-key or {API_KEY_ENV})",

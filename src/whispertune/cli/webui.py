@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from whispertune import options
-from whispertune.cli._command import add_command
+from whispertune.cli._command import add_command, needs_extra
 from whispertune.errors import UserError
 
 
@@ -44,12 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _webui(args: argparse.Namespace) -> int:
     opts = options.from_args(WebUIOptions, args)
-    try:
+    with needs_extra("webui", "the web UI"):
+        import gradio  # noqa: F401 - only to say what is missing before anything starts
+
         from whispertune.webui.app import launch, parse_auth
-    except ImportError as e:
-        raise UserError(
-            f"the web UI needs gradio ({e.name} is missing): pip install 'whispertune[webui]'"
-        ) from e
     try:
         auth = parse_auth(opts.auth)
     except ValueError as e:

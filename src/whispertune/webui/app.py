@@ -7,12 +7,12 @@ data tools. ``build_app`` makes the Blocks (for tests and embedding); ``launch``
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 
 import gradio as gr
 
+from whispertune.network import is_loopback
 from whispertune.webui import data_tab, form, tools_tab, train_tab, watch_tab
 from whispertune.webui.context import Context
 from whispertune.webui.process import RunManager
@@ -53,15 +53,6 @@ def build_app(runs_dir: str | Path = "runs") -> tuple[gr.Blocks, Context]:
         for fn, inputs, outputs in ctx.on_load:
             demo.load(fn, inputs, outputs)
     return demo, ctx
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_auth(auth: str | None) -> tuple[str, str] | None:
