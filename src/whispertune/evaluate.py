@@ -23,7 +23,7 @@ from whispertune.backends import ModelOptions, create_transcriber
 from whispertune.backends.base import DecodeOptions, Transcriber, Transcript, join_texts
 from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
-from whispertune.languages import NO_SPACE_LANGUAGES, language_code
+from whispertune.languages import NO_SPACE_LANGUAGES, language_code, resolved_language
 from whispertune.progress import ProgressCallback, Reporter, check_cancel
 from whispertune.text import NormalizeOptions, for_cer
 from whispertune.text import normalize as normalize_text
@@ -224,8 +224,7 @@ def evaluate_samples(
     """
     decode = decode or DecodeOptions()
     normalize_options = normalize or NormalizeOptions()
-    if decode.language and decode.language.strip().lower() == "auto":
-        decode = replace(decode, language=None)
+    decode = replace(decode, language=resolved_language(decode.language))
     metric = choose_metric(metric, samples, decode.language)
     english = metric == "wer"
     report_progress = Reporter(progress, "evaluate", total=len(samples), unit="clip")

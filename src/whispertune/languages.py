@@ -52,3 +52,12 @@ def is_known_language(name: str) -> bool:
     except UnknownLanguageError:
         return False
     return True
+
+
+def resolved_language(language: str | None) -> str | None:
+    """A ``--language`` value as a code, or None (detect it) for none and "auto": the one
+    place every command, the server and the UIs read the option. An unknown name fails here,
+    before any model loads."""
+    if not language or language.strip().lower() == "auto":
+        return None
+    return language_code(language)

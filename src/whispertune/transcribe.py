@@ -51,7 +51,7 @@ from whispertune.backends.base import (
 )
 from whispertune.errors import UserError
 from whispertune.formats import FORMATS
-from whispertune.languages import language_code
+from whispertune.languages import resolved_language
 from whispertune.progress import Cancelled, ProgressCallback, ProgressEvent, Reporter, check_cancel
 from whispertune.vad import (
     WINDOW,
@@ -70,14 +70,6 @@ logger = logging.getLogger(__name__)
 # shorter than this holds no word and only invites a hallucination.
 MIN_TAIL_SECONDS = 0.2
 STAGE = "transcribe"  # the ProgressEvent stage of every event sent from here
-
-
-def resolved_language(language: str | None) -> str | None:
-    """A language option as a code, or None (detect) for none and "auto"; an unknown name
-    fails here, before any model loads."""
-    if not language or language.strip().lower() == "auto":
-        return None
-    return language_code(language)
 
 
 @dataclass

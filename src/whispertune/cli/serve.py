@@ -47,10 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
         from whispertune.serve.app import create_app
     from whispertune.api import load_model
-    from whispertune.languages import language_code
+    from whispertune.languages import resolved_language
 
-    if opts.decode.language and opts.decode.language.strip().lower() != "auto":
-        language_code(opts.decode.language)  # an unknown language fails before the load
+    resolved_language(opts.decode.language)  # an unknown language fails before the load
     key = opts.resolved_api_key()
     if not is_loopback(opts.host) and key is None:
         print(
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"loading {opts.load.model} ({opts.load.backend})...", file=sys.stderr)
     model = load_model(opts.load)
     # the language tables load transformers on first use: not inside the first request
-    language_code("en")
+    resolved_language("en")
     app = create_app(model, opts)
     shown = f"[{opts.host}]" if ":" in opts.host else opts.host
     print(
