@@ -469,13 +469,18 @@ class Pipeline:
         )
         next_id = 1
         pending: list[Span] = []
+        first = True
         while True:
             check_cancel(cancel, "transcription", state="partial")
             pending.extend(finder.next_pass())
             # Decode what is ready: full batches, or everything at the end of the file. The
-            # first span of a file goes alone when the language is to be detected from it.
-            while pending and (finder.eof or len(pending) >= batch or info.language is None):
-                n = 1 if info.language is None else batch
+            # first span of a file goes alone: its language is detected from it, and a stream
+            # (the server, the desktop app) shows its first segments after one span's decode
+            # instead of a whole batch's (the spans are the same either way).
+            while pending and (finder.eof or len(pending) >= batch or first
+                               or info.language is None):
+                n = 1 if first or info.language is None else batch
+                first = False
                 todo, pending = pending[:n], pending[n:]
                 for seg in self._decode_spans(todo, info, cancel, report):
                     seg.id = next_id
