@@ -286,7 +286,33 @@ def test_fix_durations_writes_a_corrected_copy(tmp_path, clips, make_manifest):
     assert rows[1]["extra"] == 1
     assert rows[0]["audio"]["path"] == "../clips/good.wav"
     assert all(s.audio_path.resolve() == clips["good"].resolve() for s in read_manifest(out))
-    assert validate_manifest(out).warnings == []
+    # the durations now agree; what is left is the line's unknown key, kept and named
+    warnings = validate_manifest(out).warnings
+    assert [(w.line, w.message.split(" (")[0]) for w in warnings] == [(2, "unknown key(s) 'extra'")]
+
+
+def test_unknown_keys_without_a_transcript_are_an_error_not_a_no_speech_sample(
+    tmp_path, clips, make_manifest, capsys
+):
+    """A manifest from another tool names its transcript "text": read as it stands, each line
+    would be a no-speech sample and training would teach the model to write nothing."""
+    from whispertune.cli import main
+
+    audio = GOOD["audio"]
+    manifest = make_manifest(tmp_path / "m.jsonl", [
+        {"audio": audio, "text": "你好"},
+        {"audio": audio, "transcript": "x", "speaker": "a"},
+        {"audio": audio, "sentence": ""},  # an explicit no-speech sample is fine
+        {"audio": audio, "sentence": "好", "duration": float("nan")},
+    ])
+    assert main(["data", "validate", str(manifest)]) != 0
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert f"{manifest}:1:" in text and "'text'" in text
+    assert 'name the transcript "sentence"' in text
+    assert f"{manifest}:2:" in text and "'speaker', 'transcript'" in text
+    assert f"{manifest}:3:" not in text
+    assert f"{manifest}:4:" in text and "finite" in text
 
 
 def test_fix_durations_refuses_input_and_existing_output(tmp_path, clips, make_manifest):

@@ -16,6 +16,7 @@ read unchanged.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from whispertune.errors import UserError
+from whispertune.staging import atomic_text_file
 
 
 class ManifestError(UserError):
@@ -115,7 +117,18 @@ def parse_line(obj: Any, base_dir: Path, where: str, line: int = 0) -> Sample:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ManifestError(f'{where}: "{name}" must be a number of seconds, got {value!r}')
+        if not math.isfinite(value):
+            raise ManifestError(f'{where}: "{name}" must be a finite number of seconds: {value}')
         return float(value)
+
+    unknown = sorted(k for k in obj if k not in _KNOWN_KEYS)
+    if unknown and "sentence" not in obj and not obj.get("sentences"):
+        # Read as it stands, such a line is a no-speech sample: a manifest from another tool
+        # ("text", "transcript") would train the model to write nothing.
+        raise ManifestError(
+            f'{where}: no "sentence" (the transcript), but {", ".join(map(repr, unknown))}: '
+            'name the transcript "sentence" (a no-speech sample says "sentence": "")'
+        )
 
     segments = []
     raw_sentences = obj.get("sentences") or []
@@ -195,10 +208,8 @@ def write_manifest(
         raise UserError(f"{path}: already exists; pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_text_file(path) as fh:
         for s in samples:
             relative_to = None if s.audio_path in keep_absolute else base
             fh.write(json.dumps(s.to_json(relative_to=relative_to), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path

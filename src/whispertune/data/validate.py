@@ -308,6 +308,12 @@ def _check_sample(
 ) -> float | None:
     """Run every check on one parsed line; return the measured span (seconds) when known."""
     line = sample.line
+    if sample.extra:
+        out.warning(
+            line,
+            f"unknown key(s) {', '.join(map(repr, sorted(sample.extra)))} (kept, not used: the "
+            "manifest's keys are audio, sentence, sentences, language, duration)",
+        )
     if sample.language is not None and not is_known_language(sample.language):
         out.error(
             line,
