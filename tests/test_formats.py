@@ -67,3 +67,31 @@ def test_empty_transcript_gives_valid_empty_files(tmp_path):
 def test_output_stems_never_collide(tmp_path):
     paths = [tmp_path / "a/talk.mp3", tmp_path / "b/talk.wav", tmp_path / "x.flac"]
     assert output_stems(paths) == ["talk", "talk-2", "x"]
+
+
+def test_two_writers_of_one_output_never_collide(tmp_path):
+    """Each write goes through its own temporary name (two transcribe runs writing the same
+    file raced on one fixed name: FileNotFoundError), and no temporary file is left."""
+    import threading
+
+    from whispertune.staging import atomic_text_file
+
+    target = tmp_path / "talk.srt"
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(200):
+                with atomic_text_file(target) as fh:
+                    fh.write(text)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(c * 1000,)) for c in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_text() in ("a" * 1000, "b" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["talk.srt"]

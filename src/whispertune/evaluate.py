@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
 from whispertune.languages import NO_SPACE_LANGUAGES, language_code, resolved_language
 from whispertune.progress import ProgressCallback, Reporter, check_cancel
+from whispertune.staging import atomic_text_file
 from whispertune.text import NormalizeOptions, for_cer
 from whispertune.text import normalize as normalize_text
 
@@ -431,12 +431,10 @@ def write_utterances(report: EvaluationReport, path: Path) -> None:
     """Per-utterance JSONL, worst first, so the first lines are the ones worth listening to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     ranked = sorted(report.utterances, key=lambda r: (-r.error_rate, -r.errors, r.line))
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_text_file(path) as fh:
         for r in ranked:
             row = asdict(r)
             row["error_rate"] = round(r.error_rate, 4)
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 

@@ -10,7 +10,6 @@ half a file.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -101,10 +100,10 @@ def render(result, fmt: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+    from whispertune.staging import atomic_text_file
+
+    with atomic_text_file(path) as fh:
         fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_outputs(result, output_dir: Path, stem: str, formats: Iterable[str]) -> list[Path]:

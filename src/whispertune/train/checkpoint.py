@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from whispertune.output_style import OutputStyle, write_style
+from whispertune.staging import atomic_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_text_file(path) as fh:
+        fh.write(text)
 
 
 def save_checkpoint(
