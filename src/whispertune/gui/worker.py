@@ -28,7 +28,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from whispertune.audio import AudioError
 from whispertune.errors import UserError
-from whispertune.progress import Cancelled, ProgressEvent
+from whispertune.progress import Cancelled, ProgressEvent, check_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class DecodeWorker(QObject):
                     self.language.emit(job, run.info.language)
                     announced = True
                 self.segment.emit(job, seg)
-            if request.cancel.is_set():  # set during the last batch: still a cancel
-                raise Cancelled("transcription cancelled", state="partial")
+            # set during the last batch: still a cancel
+            check_cancel(request.cancel, "transcription", state="partial")
         except Cancelled:
             self.cancelled.emit(job)
             return
