@@ -139,10 +139,12 @@ class Model:
 
         self._check_open()
         decode_keys = _options.option_names(DecodeOptions)
-        decode = _with(DecodeOptions, decode, {k: v for k, v in overrides.items()
-                                               if k in decode_keys})
-        long_form = _with(LongFormOptions, long_form, {k: v for k, v in overrides.items()
-                                                       if k not in decode_keys})
+        decode = _with(
+            DecodeOptions, decode, {k: v for k, v in overrides.items() if k in decode_keys}
+        )
+        long_form = _with(
+            LongFormOptions, long_form, {k: v for k, v in overrides.items() if k not in decode_keys}
+        )
         pipeline = Pipeline(self.transcriber, decode, long_form, model=self.name)
         return pipeline.stream(audio, progress, cancel)
 
@@ -222,6 +224,7 @@ def load_model(
     compute_type: str | None = None,
     threads: int | None = None,
     device: str | None = None,
+    device_index: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> Model:
@@ -229,14 +232,20 @@ def load_model(
 
     With the ct2 backend (the default) a transformers checkpoint or adapter is merged and
     converted to CTranslate2 the first time and cached, which is where the time of a first
-    load goes; ``progress`` gets a "load" event before and after it.
+    load goes; ``progress`` gets a "load" event before and after it. ``device`` is "auto"
+    (a GPU when the backend's runtime sees one), "cpu", "cuda" or "cuda:N".
     """
     if isinstance(model, ModelOptions):
         opts = model
     else:
         opts = ModelOptions(model=str(model))
-    given = {"backend": backend, "compute_type": compute_type, "threads": threads,
-             "device": device}
+    given = {
+        "backend": backend,
+        "compute_type": compute_type,
+        "threads": threads,
+        "device": device,
+        "device_index": device_index,
+    }
     opts = _with(ModelOptions, opts, {k: v for k, v in given.items() if v is not None})
     from whispertune.backends import create_transcriber
 
@@ -284,8 +293,7 @@ def merge(
     checkpoint at ``output``; a cancelled or failed merge leaves no output behind."""
     from whispertune.merge import merge_adapter
 
-    return merge_adapter(adapter, output, base=base, force=force, progress=progress,
-                         cancel=cancel)
+    return merge_adapter(adapter, output, base=base, force=force, progress=progress, cancel=cancel)
 
 
 def train(

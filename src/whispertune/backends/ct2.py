@@ -104,6 +104,7 @@ class CT2Transcriber(Transcriber):
         threads: int = 0,
         device: str = "cpu",
         workers: int = 0,
+        device_index: int = 0,
     ) -> None:
         """``threads`` in all; ``workers`` (0 = auto) parts of a batch decoded at once, each
         on threads // workers cores. On CPU the default is two workers: parts of a batch on
@@ -127,6 +128,7 @@ class CT2Transcriber(Transcriber):
             self.fw = WhisperModel(
                 str(self.model_dir),
                 device=device,
+                device_index=device_index,
                 compute_type=compute_type,
                 cpu_threads=threads,
                 num_workers=workers,

@@ -2,7 +2,8 @@
 
 A dataclass (not three field helpers) so that the CLI flags, config files, the web UI's forms
 and :func:`whispertune.api.load_model` read one definition of ``--model``, ``--backend``,
-``--compute-type`` and ``--threads``. Importing it loads no runtime (``--help`` stays fast).
+``--compute-type``, ``--threads`` and ``--device``. Importing it loads no runtime
+(``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -29,4 +30,13 @@ class ModelOptions(SourceOptions):
         },
     )
     threads: int = field(default=0, metadata={"help": "CPU threads (0 = up to 8)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N", "cli": False})
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (cuda when the backend sees a GPU: CTranslate2's CUDA device count, "
+            "torch.cuda for transformers), cpu, cuda or cuda:N"
+        },
+    )
+    device_index: int = field(
+        default=0, metadata={"help": "which GPU with --device cuda (faster-whisper's device_index)"}
+    )
