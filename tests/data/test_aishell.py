@@ -269,12 +269,14 @@ def test_archive_inside_out_dir_is_allowed_and_kept(tmp_path: Path) -> None:
     assert _fingerprint(archive) == before
 
 
-def test_other_archive_in_previous_run_needs_force(tmp_path: Path, three_speakers: Path) -> None:
+def test_other_archive_in_previous_run_is_read_again(tmp_path: Path, three_speakers: Path) -> None:
     out = tmp_path / "o"
     prepare_aishell(AishellOptions(archive=MINI, out=out))
-    with pytest.raises(UserError, match="another archive.*--force"):
-        prepare_aishell(AishellOptions(archive=three_speakers, out=out))
-    assert prepare_aishell(AishellOptions(archive=three_speakers, out=out, force=True)).train == 10
+    calls: list[str] = []
+    result = prepare_aishell(AishellOptions(archive=three_speakers, out=out), calls.append)
+    assert calls == ["S0150", "S0151", "S0152"]  # nothing kept from the other archive
+    assert (result.train, result.speakers_resumed) == (10, 0)
+    _check_complete(out)
 
 
 def test_missing_archive(tmp_path: Path) -> None:
@@ -289,7 +291,7 @@ def test_missing_archive(tmp_path: Path) -> None:
         (b"<html>404 Not Found</html>", "not a readable .tar.gz"),
         (gzip.compress(b"just some text, not a tar" * 40), "not a readable .tar.gz"),
         (_targz({"photos/cat.jpg": b"\xff\xd8"}), "not the AISHELL-1 layout"),
-        (_targz({"data_aishell/wav/S0150.tar.gz": b"garbage"}), "S0150.tar.gz: not a readable"),
+        (_targz({"data_aishell/wav/S0150.tar.gz": b"garbage"}), "S0150.tar.gz: damaged"),
     ],
     ids=["html", "gzip-not-tar", "other-tar", "bad-nested"],
 )
@@ -461,3 +463,54 @@ def test_cli_runs(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "train     10 utterances" in out and "test       2 utterances" in out
     _check_complete(tmp_path / "o")
+
+
+# ------------------------------------------------------------------ damaged archives (CLI)
+
+
+def _damage(path: Path, fraction: float, length: int = 8192) -> None:
+    """Overwrite ``length`` bytes with zeros at ``fraction`` of the file, in place."""
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * fraction)
+    data[start : start + length] = bytes(length)
+    path.write_bytes(bytes(data))
+
+
+def test_cli_damaged_archive_is_an_error_and_a_fixed_one_repairs(tmp_path: Path, capsys) -> None:
+    """8 kB zeroed in the middle of the real archive used to give exit 0 with 7 of 14 clips
+    (stream tarfile stops at the zeroed header, the CRC was never checked) and the speaker marked
+    done, and the repaired archive was then never read again."""
+    from whispertune.cli import main
+
+    archive = tmp_path / "data_aishell.tgz"
+    archive.write_bytes(MINI.read_bytes())
+    _damage(archive, 0.525)
+    out = tmp_path / "out"
+    args = ["data", "aishell", "--archive", str(archive), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    assert "data_aishell/wav/S0150.tar.gz: damaged" in err and "CRC check failed" in err
+    assert not (out / STATE_DIR / "speakers/S0150.json").exists()
+    assert not (out / "train.jsonl").exists()
+    assert not [p for p in out.rglob("*") if p.is_file() and "wav" in p.parts]
+
+    archive.write_bytes(MINI.read_bytes())  # the user fixes the archive in place
+    assert main(args) == 0
+    _check_complete(out)
+
+
+def test_cli_damaged_transcript_is_an_error(tmp_path: Path, capsys) -> None:
+    """Damage outside the speaker tarballs shows only in the outer gzip CRC, at the end."""
+    from whispertune.cli import main
+
+    archive = tmp_path / "data_aishell.tgz"
+    archive.write_bytes(MINI.read_bytes())
+    data = bytearray(archive.read_bytes())
+    data[300:310] = bytes(10)  # inside the transcript's deflate data
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert main(["data", "aishell", "--archive", str(archive), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "damaged outside the speaker tarballs" in err and "CRC check failed" in err
+    assert not (out / "train.jsonl").exists()

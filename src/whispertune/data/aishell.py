@@ -3,8 +3,11 @@
 AISHELL-1 ships as one 15 GB ``data_aishell.tgz`` holding the transcript and one nested
 ``wav/SPEAKER.tar.gz`` per speaker (members ``train|dev|test/SPEAKER/ID.wav``). Unpacking it
 whole would need twice its size on disk and, done naively, a lot of RAM; so both layers are read
-with ``tarfile`` in stream mode (``r|gz``) and only the WAV files are written out, each under a
-temporary name and renamed once complete.
+as streams (``GzipFile`` under a stream-mode ``tarfile``) and only the WAV files are written out.
+Each gzip stream is read to its end, so its CRC is checked (``r|gz`` never checks it, and stream
+tarfile takes a damaged header for the end of the archive: a damaged archive used to give part of
+a speaker, silently); a speaker's WAVs are renamed into place and the speaker marked done only
+once its tarball verified, and the run is complete only once the whole archive did.
 
 Why the state folder (``OUT/.whispertune-aishell/``):
 
@@ -23,6 +26,7 @@ corpus has some) are counted, logged and listed in ``OUT/missing_transcript.txt`
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
@@ -53,7 +57,10 @@ ARCHIVE_NAME = "data_aishell.tgz"
 STATE_DIR = ".whispertune-aishell"
 _STATE_FILE = "state.json"
 _COMMAND = "whispertune data aishell"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+# How much of the archive's head and tail goes into its fingerprint (with size and mtime): a
+# full checksum of 15 GB costs a minute, and the streaming pass verifies the content anyway.
+_FINGERPRINT_BYTES = 1 << 20
 SPLITS = ("train", "dev", "test")
 
 _TRANSCRIPT_RE = re.compile(r"(?:^|/)transcript/(aishell_transcript[^/]*\.txt)$")
@@ -206,11 +213,16 @@ class _State:
         return utts
 
     def mark_done(self, speaker: str, utts: list[dict[str, Any]]) -> None:
+        """Record a speaker as finished; called only once its tarball verified (gzip CRC and
+        every member's size) and its files are in place."""
         self.speakers_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(
-            self.marker(speaker),
-            json.dumps({"speaker": speaker, "utterances": utts}, ensure_ascii=False) + "\n",
-        )
+        record = {"speaker": speaker, "utterances": utts}
+        _atomic_write_text(self.marker(speaker), json.dumps(record, ensure_ascii=False) + "\n")
+
+    def forget_speakers(self) -> None:
+        """Drop every speaker marker (the WAVs stay, to be overwritten when re-extracted)."""
+        if self.speakers_dir.exists():
+            shutil.rmtree(self.speakers_dir)
 
     def all_markers(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
@@ -418,59 +430,109 @@ def _safe_parts(member: tarfile.TarInfo, dest: Path, where: str) -> tuple[str, .
     return parts
 
 
+class _ArchiveDamaged(Exception):
+    """A gzip stream or tar inside the archive failed verification; the message says how."""
+
+
+def _verify_to_end(gz: gzip.GzipFile) -> None:
+    """Read a gzip stream to its end and insist that what follows the tar is zero padding.
+
+    ``GzipFile`` checks the CRC-32 and length only when it reaches the end of the stream, and
+    stream-mode ``tarfile`` takes a damaged member header for the end of the archive; so
+    without this a damaged archive silently yields its first few members.
+    """
+    trailing = False
+    try:
+        while chunk := gz.read(_CHUNK):
+            trailing = trailing or bool(chunk.strip(b"\0"))
+    except (OSError, EOFError, zlib.error) as e:
+        raise _ArchiveDamaged(f"gzip check failed: {e}") from e
+    if trailing:
+        raise _ArchiveDamaged("data after what reads as the end of the tar (a damaged header)")
+
+
+def _copy_member(src: IO[bytes], dst_path: Path, member: tarfile.TarInfo) -> None:
+    """Copy one member, checking that it is as long as its header says."""
+    copied = 0
+    with open(dst_path, "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            dst.write(chunk)
+            copied += len(chunk)
+    if copied != member.size:
+        raise _ArchiveDamaged(f"{member.name}: {copied} of its {member.size} bytes")
+
+
 def _extract_speaker(
     fileobj: IO[bytes], speaker: str, out: Path, where: str
 ) -> list[dict[str, Any]]:
-    """Write the WAVs of one nested speaker tarball; their (id, split, path, duration)."""
+    """Write the WAVs of one nested speaker tarball; their (id, split, path, duration).
+
+    The WAVs are written under ``.part`` names and renamed into place only once the whole
+    tarball verified (gzip CRC, member sizes, nothing after the end marker): a damaged speaker
+    leaves no file behind and no marker, so the re-run redoes it.
+    """
     import soundfile as sf
 
     wav_root = out / "wav"
     utts: list[dict[str, Any]] = []
-    with tarfile.open(fileobj=fileobj, mode="r|gz") as tar:
-        for member in tar:
-            parts = _safe_parts(member, wav_root, where)
-            if not member.isfile():
-                if not member.isdir():
-                    logger.warning("%s: skipping %s (not a regular file)", where, member.name)
-                continue
-            if not parts[-1].lower().endswith(".wav"):
-                logger.debug("%s: skipping %s (not a .wav)", where, member.name)
-                continue
-            if len(parts) != 3 or parts[0] not in SPLITS or not _UTT_ID_RE.match(parts[1]):
-                logger.warning(
-                    "%s: skipping %s (expected train|dev|test/SPEAKER/ID.wav)", where, member.name
+    pending: list[tuple[Path, Path]] = []
+    tmp: Path | None = None
+    gz = gzip.GzipFile(fileobj=fileobj, mode="rb")
+    try:
+        with tarfile.open(fileobj=gz, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                parts = _safe_parts(member, wav_root, where)
+                if not member.isfile():
+                    if not member.isdir():
+                        logger.warning("%s: skipping %s (not a regular file)", where, member.name)
+                    continue
+                if not parts[-1].lower().endswith(".wav"):
+                    logger.debug("%s: skipping %s (not a .wav)", where, member.name)
+                    continue
+                if len(parts) != 3 or parts[0] not in SPLITS or not _UTT_ID_RE.match(parts[1]):
+                    logger.warning(
+                        "%s: skipping %s (expected train|dev|test/SPEAKER/ID.wav)",
+                        where,
+                        member.name,
+                    )
+                    continue
+                split, spk_dir, name = parts
+                utt_id = name[: -len(".wav")]
+                if not _UTT_ID_RE.match(utt_id):
+                    logger.warning("%s: skipping %s (odd utterance id)", where, member.name)
+                    continue
+                rel = PurePosixPath("wav", split, spk_dir, name)
+                target = out / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(name + ".part")
+                src = tar.extractfile(member)
+                if src is None:  # cannot happen for a regular file; keeps the type checker honest
+                    continue
+                _copy_member(src, tmp, member)
+                try:
+                    info = sf.info(str(tmp))
+                    duration = info.frames / info.samplerate
+                except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError
+                    tmp.unlink(missing_ok=True)
+                    logger.warning("%s: skipping %s (unreadable WAV: %s)", where, member.name, e)
+                    continue
+                pending.append((tmp, target))
+                tmp = None
+                utts.append(
+                    {
+                        "id": utt_id,
+                        "split": split,
+                        "path": rel.as_posix(),
+                        "duration": round(duration, 2),
+                    }
                 )
-                continue
-            split, spk_dir, name = parts
-            utt_id = name[: -len(".wav")]
-            if not _UTT_ID_RE.match(utt_id):
-                logger.warning("%s: skipping %s (odd utterance id)", where, member.name)
-                continue
-            rel = PurePosixPath("wav", split, spk_dir, name)
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(name + ".part")
-            src = tar.extractfile(member)
-            if src is None:  # cannot happen for a regular file; keeps the type checker honest
-                continue
-            with open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
-            try:
-                info = sf.info(str(tmp))
-                duration = info.frames / info.samplerate
-            except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError
-                tmp.unlink(missing_ok=True)
-                logger.warning("%s: skipping %s (unreadable WAV: %s)", where, member.name, e)
-                continue
-            os.replace(tmp, target)
-            utts.append(
-                {
-                    "id": utt_id,
-                    "split": split,
-                    "path": rel.as_posix(),
-                    "duration": round(duration, 2),
-                }
-            )
+        _verify_to_end(gz)
+    except BaseException:
+        for path in [p for p, _ in pending] + ([tmp] if tmp is not None else []):
+            path.unlink(missing_ok=True)
+        raise
+    for part, target in pending:
+        os.replace(part, target)
     if not utts:
         logger.warning("%s: no train|dev|test/SPEAKER/*.wav inside", where)
     return utts
@@ -502,14 +564,21 @@ def _stream_archive(
     result: AishellResult,
     after_speaker: Callable[[str], None] | None,
 ) -> None:
-    """One pass over the outer archive: save the transcript, extract unfinished speakers."""
+    """One pass over the outer archive: save the transcript, extract unfinished speakers.
+
+    The gzip layer is ``GzipFile`` under an uncompressed stream-mode tar (not ``r|gz``, whose
+    decompressor never checks the CRC), read to its end: damage anywhere in the archive is an
+    error, and the run is recorded complete only after that check.
+    """
     seen_aishell = False
     foreign_run = 0
     foreign_names: list[str] = []
+    stopped_early = False
     with open(archive, "rb") as raw, _bar(total=archive.stat().st_size, desc="AISHELL") as bar:
         reader = _CountingReader(raw, bar.update)
+        gz = gzip.GzipFile(fileobj=reader, mode="rb")  # type: ignore[arg-type]
         try:
-            outer = tarfile.open(fileobj=reader, mode="r|gz")  # type: ignore[call-overload]
+            outer = tarfile.open(fileobj=gz, mode="r|")  # type: ignore[call-overload]
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise _open_failed(archive, e) from e
         try:
@@ -546,9 +615,16 @@ def _stream_archive(
                         where = f"{archive}:{name}"
                         try:
                             utts = _extract_speaker(src, speaker, out, where)
-                        except (tarfile.TarError, zlib.error, EOFError) as e:
+                        except (
+                            tarfile.TarError,
+                            zlib.error,
+                            EOFError,
+                            gzip.BadGzipFile,
+                            _ArchiveDamaged,
+                        ) as e:
                             raise UserError(
-                                f"{where}: not a readable .tar.gz ({e}); {_CORRUPT_HINT}"
+                                f"{where}: damaged ({e}); none of speaker {speaker}'s files "
+                                f"were kept; {_CORRUPT_HINT}"
                             ) from e
                         state.mark_done(speaker, utts)
                         result.files_written += len(utts)
@@ -560,9 +636,17 @@ def _stream_archive(
                     foreign_run += 1
                     foreign_names.append(name)
                     if not seen_aishell and foreign_run >= _MAX_FOREIGN_FILES:
+                        stopped_early = True
                         break
+            if seen_aishell and not stopped_early:
+                _verify_to_end(gz)
         except UserError:
             raise
+        except _ArchiveDamaged as e:
+            raise UserError(
+                f"{archive}: damaged outside the speaker tarballs, in the transcript or a "
+                f"tar header ({e}); {_CORRUPT_HINT}"
+            ) from e
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise UserError(f"{archive}: unreadable ({e}); {_CORRUPT_HINT}") from e
     if not seen_aishell:
@@ -671,7 +755,21 @@ def _write_manifests(
 
 
 def _archive_identity(archive: Path) -> dict[str, Any]:
-    return {"name": archive.name, "size": archive.stat().st_size}
+    """Name, size, mtime and a hash of the first and last MiB: a replaced or repaired archive
+    (new bytes, or a new copy) differs, so a re-run reads it again instead of keeping what the
+    previous archive gave."""
+    stat = archive.stat()
+    digest = hashlib.sha256()
+    with open(archive, "rb") as fh:
+        digest.update(fh.read(_FINGERPRINT_BYTES))
+        fh.seek(max(0, stat.st_size - _FINGERPRINT_BYTES))
+        digest.update(fh.read(_FINGERPRINT_BYTES))
+    return {
+        "name": archive.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "head_tail_sha256": digest.hexdigest(),
+    }
 
 
 @contextlib.contextmanager
@@ -714,11 +812,15 @@ def prepare_aishell(
             downloaded = True
 
     identity = _archive_identity(archive)
-    if state.data.get("archive") not in (None, identity) and state.all_markers():
-        raise UserError(
-            f"{out}: holds a preparation of another archive ({state.data['archive']}); "
-            "pass --force to start over with this one"
+    if state.data.get("archive") not in (None, identity):
+        logger.warning(
+            "%s: not the archive of the previous run in %s (size, time or content changed): "
+            "reading it from the start",
+            archive,
+            out,
         )
+        state.forget_speakers()
+        state.data["complete"] = False
     state.data["archive"] = identity
     state.save()
 
