@@ -20,8 +20,9 @@ the transcript's word-segmentation spaces removed and each clip's measured durat
 
 Without --archive the archive (about 15 GB) is downloaded into OUT first, resumably; on a
 machine without internet, download it elsewhere and pass --archive. An interrupted run is
-resumed by running the same command again: finished speakers are skipped. The archive you pass
-is only read, never changed or deleted.
+resumed by running the same command again: finished speakers are skipped. A damaged archive
+(gzip CRC, member sizes) is an error naming the damaged part; once it is repaired or replaced,
+the same command reads it again. The archive you pass is only read, never changed or deleted.
 """
 
 
