@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -97,8 +98,10 @@ def build_encoder_cache(
         if meta.get("shape") == [n, frames, d_model]:
             logger.info("reusing encoder cache %s", data_path)
             return EncoderCache(data_path, n, frames, d_model)
-    # per-process temporary name: two runs may build the same shared cache at once
-    tmp = data_path.with_name(f"{data_path.name}.tmp{os.getpid()}")
+    # per-process temporary name: two runs (or two nodes on a shared filesystem, where pids
+    # can coincide) may build the same shared cache at once
+    writer = f"{socket.gethostname()}-{os.getpid()}"
+    tmp = data_path.with_name(f"{data_path.name}.tmp{writer}")
     out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, frames, d_model))
     encoder.eval()
     param = next(encoder.parameters())
@@ -130,7 +133,7 @@ def build_encoder_cache(
     out.flush()
     del out
     os.replace(tmp, data_path)
-    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp{os.getpid()}")
+    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp{writer}")
     meta_tmp.write_text(json.dumps({"shape": [n, frames, d_model]}))
     os.replace(meta_tmp, meta_path)
     return EncoderCache(data_path, n, frames, d_model)

@@ -310,8 +310,16 @@ class Trainer:
         # Shared across runs (the key covers model, clips and mel settings): experiments on the
         # same data pay for the encoder once.
         directory = cache_dir("encoder")
-        if self.is_main:
-            report = Reporter(self.progress, "encoder-cache", len(self.dataset), "clip")
+        # One builder per machine, not per run: the cache directory is local to each node
+        # (another node's rank reading rank 0's file found none); where it is shared, the
+        # builders write distinct temporary files and the finished cache is reused.
+        if self.acc.is_local_main_process:
+            report = Reporter(
+                self.progress if self.is_main else None,  # progress is rank 0's, as elsewhere
+                "encoder-cache",
+                len(self.dataset),
+                "clip",
+            )
 
             def computed(done: int, total: int) -> None:  # not called where the cache exists
                 first = report.done == 0
@@ -327,7 +335,7 @@ class Trainer:
                 cancel=self.cancel,
             )
         self.acc.wait_for_everyone()
-        if not self.is_main:
+        if not self.acc.is_local_main_process:
             cache = EncoderCache(
                 directory / f"encoder-{key}.f16",
                 len(self.dataset),
