@@ -12,7 +12,10 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
+import struct
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from whispertune.errors import UserError
 from whispertune.output_style import OutputStyle, write_style
 from whispertune.staging import atomic_text_file
 
@@ -29,6 +33,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 BEST = "best"
 RUN_FILE = "run.json"
+_STEP_NAME = re.compile(r"step-(\d+)")
 
 
 @dataclass
@@ -117,9 +122,17 @@ def save_checkpoint(
 
 
 def completed_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's complete checkpoints, oldest first (step numbers are zero-padded)."""
+    """The run's complete checkpoints, oldest first (step numbers are zero-padded); folders
+    being written (``.tmp``) or set aside as damaged (``.damaged``) are not among them."""
     root = run_dir / CHECKPOINTS
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and p.suffix != ".tmp")
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _STEP_NAME.fullmatch(p.name) and p.is_dir())
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a ``step-N`` checkpoint was saved at."""
+    return int(checkpoint.name.split("-")[1])
 
 
 def prune_checkpoints(run_dir: Path, keep: int, best_step: int | None) -> None:
@@ -134,11 +147,100 @@ def prune_checkpoints(run_dir: Path, keep: int, best_step: int | None) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names, if it is there (not verified: see
+    :func:`resume_checkpoint`)."""
     pointer = run_dir / LATEST
     if not pointer.is_file():
         return None
     path = run_dir / CHECKPOINTS / pointer.read_text(encoding="utf-8").strip()
     return path if (path / "trainer_state.json").is_file() else None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not whole, or None: its header must parse and its tensors'
+    data must end exactly where the file ends (a truncated or padded file does not)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{path.name}: {size} bytes, no header"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return f"{path.name}: truncated in its header"
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError:
+            return f"{path.name}: unreadable header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + length + max(ends, default=0)
+    if expected != size:
+        return f"{path.name}: {size} bytes where its header says {expected} (truncated?)"
+    return None
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or None when it verifies: its trainer
+    state parses, its training state (a zip written by torch.save) passes every member's
+    CRC, and its weight files are whole. Cheap next to loading it (nothing is unpickled),
+    so resume can look through several."""
+    try:
+        TrainerState.from_json((checkpoint / "trainer_state.json").read_text("utf-8"))
+    except (OSError, ValueError, TypeError) as e:
+        return f"trainer_state.json: {e}"
+    try:
+        with zipfile.ZipFile(checkpoint / "training_state.pt") as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            return f"training_state.pt: {bad} fails its CRC"
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"training_state.pt: {e}"
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights:
+        return "no weights (*.safetensors)"
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem is not None:
+            return problem
+    return None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of ``run_dir`` that verifies, or None where there is none.
+
+    Why not simply ``latest``: the pointer may name a checkpoint that was damaged (a full
+    disk, a copy cut short) or deleted; starting from step 0 then would overwrite the older
+    checkpoints. Every checkpoint is tried, newest first (one newer than the pointer is
+    complete: it is renamed into place before the pointer is written); the ones that fail
+    are renamed ``step-N.damaged`` (kept for inspection, never overwritten, never resumed
+    from), each with a warning saying why, and the one chosen is named. Raises UserError
+    where checkpoints exist and none verifies: restarting would destroy them.
+    """
+    pointer = run_dir / LATEST
+    named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    candidates = list(reversed(completed_checkpoints(run_dir)))
+    damaged = []
+    for checkpoint in candidates:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            if checkpoint.name != named:
+                logger.warning(
+                    "resuming from %s, the newest checkpoint that verifies (%s names %s)",
+                    checkpoint.name,
+                    LATEST,
+                    named or "none",
+                )
+            return checkpoint
+        aside = checkpoint.with_name(checkpoint.name + ".damaged")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(checkpoint, aside)
+        logger.warning("%s is damaged (%s): set aside as %s", checkpoint.name, problem, aside.name)
+        damaged.append(checkpoint.name)
+    if damaged:
+        raise UserError(
+            f"{run_dir}: no checkpoint verifies ({', '.join(damaged)} damaged, now *.damaged); "
+            "pass --force instead of --resume to start over"
+        )
+    return None
 
 
 def load_training_state(checkpoint: Path) -> tuple[TrainerState, dict[str, Any]]:
