@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -48,6 +49,7 @@ from whispertune.train.hardware import return_freed_activations_to_the_os
 from whispertune.train.labels import SpecialTokens
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 from whispertune.train.packing import pack_samples
+from whispertune.train.run_lock import LOCK_NAME, run_lock
 from whispertune.train.validate import PUBLISHED_STAGE, STAGE, Validator
 
 logger = logging.getLogger(__name__)
@@ -105,10 +107,11 @@ class _Window:
 
 
 def _prepare_run_dir(run_dir: Path, options: TrainOptions, is_main: bool) -> Path | None:
-    """Refuse to mix runs; returns the checkpoint to resume from, if any."""
-    occupied = run_dir.exists() and any(run_dir.iterdir())
-    latest = ckpt.latest_checkpoint(run_dir) if run_dir.exists() else None
+    """Refuse to mix runs; returns the checkpoint to resume from, if any (the newest that
+    verifies: see :func:`checkpoint.resume_checkpoint`)."""
+    occupied = run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
     if options.run.resume:
+        latest = ckpt.resume_checkpoint(run_dir) if run_dir.exists() else None
         if latest is None:
             logger.warning(
                 "--resume: no checkpoint in %s yet; starting from the beginning", run_dir
@@ -158,8 +161,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        resume_from = _prepare_run_dir(self.run_dir, self.o, self.is_main)
+        # rank 0 first: it sets damaged checkpoints aside, the others then find the same one
+        resume_from = _prepare_run_dir(self.run_dir, self.o, True) if self.is_main else None
         self.acc.wait_for_everyone()
+        if not self.is_main:
+            resume_from = _prepare_run_dir(self.run_dir, self.o, False)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = self._prepare_data()
         model = self._build_model(tokenizer)
@@ -167,6 +173,8 @@ class Trainer:
         self._build_validator()
         if resume_from is not None:
             self._restore(resume_from)
+        elif self.o.run.resume:
+            self._truncate_metrics(0)  # no checkpoint: the run starts over, its metrics too
         if self.is_main:
             self._write_run_file()
             self._open_tensorboard()
@@ -457,7 +465,8 @@ class Trainer:
             for line in path.read_text("utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
-        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        with ckpt.atomic_text_file(path) as fh:  # a kill here keeps the old file whole
+            fh.write("".join(line + "\n" for line in keep))
 
     def _adalora_extra(self) -> dict[str, Any]:
         model = self.acc.unwrap_model(self.model)
@@ -927,7 +936,9 @@ def train(
     (:func:`~whispertune.train.hardware.return_freed_activations_to_the_os`), which glibc
     offers no way to undo; it only makes large freed buffers go back to the OS.
     """
-    with process_state_kept():
+    # One run per directory, held for the run's life (rank 0's lock covers its other ranks)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(Path(options.run.output), hold=main), process_state_kept():
         trainer = Trainer(options, progress, cancel)
         trainer.setup()
         return trainer.fit()
