@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "merge",
     "evaluate",
     "transcribe",
+    "corpus",
     "export",
     "gui",
     "serve",
