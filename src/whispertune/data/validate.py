@@ -42,6 +42,9 @@ DURATION_SLACK = 0.1
 
 ERROR = "error"
 WARNING = "warning"
+# Pseudo-label confidences that ``whispertune corpus transcribe`` writes beside each line (kept,
+# not used by training; users filter on them): known, so not warned about as unknown keys.
+CONFIDENCE_KEYS = frozenset({"avg_logprob", "no_speech_prob"})
 
 
 def tokenizer_json_field() -> Any:
@@ -308,10 +311,11 @@ def _check_sample(
 ) -> float | None:
     """Run every check on one parsed line; return the measured span (seconds) when known."""
     line = sample.line
-    if sample.extra:
+    unknown = sorted(k for k in sample.extra if k not in CONFIDENCE_KEYS)
+    if unknown:
         out.warning(
             line,
-            f"unknown key(s) {', '.join(map(repr, sorted(sample.extra)))} (kept, not used: the "
+            f"unknown key(s) {', '.join(map(repr, unknown))} (kept, not used: the "
             "manifest's keys are audio, sentence, sentences, language, duration)",
         )
     if sample.language is not None and not is_known_language(sample.language):
