@@ -132,6 +132,25 @@ def _prepare_run_dir(run_dir: Path, options: TrainOptions, is_main: bool) -> Pat
     return None
 
 
+def _same_resume_point(resume_from: Path | None, run_dir: Path) -> None:
+    """Stop every rank with the reason unless all resume from the same checkpoint.
+
+    Why: with ``--output`` on each machine's own disk, the ranks of the other nodes found no
+    checkpoint and started at step 0 while rank 0 resumed; the two then waited on each other
+    for ever (a hang, not an error).
+    """
+    from accelerate.utils import gather_object
+
+    seen = gather_object([resume_from.name if resume_from is not None else None])
+    if len(set(seen)) > 1:
+        found = ", ".join(f"rank {rank}: {name or 'none'}" for rank, name in enumerate(seen))
+        raise UserError(
+            f"--resume: the processes found different checkpoints in {run_dir} ({found}); "
+            "on several machines --output must be one shared directory (or a copy of the "
+            "run directory on every machine)"
+        )
+
+
 class Trainer:
     """Holds the state of one run; ``setup()`` then ``fit()``. Built by :func:`train`."""
 
@@ -166,6 +185,8 @@ class Trainer:
         self.acc.wait_for_everyone()
         if not self.is_main:
             resume_from = _prepare_run_dir(self.run_dir, self.o, False)
+        if self.o.run.resume and self.acc.num_processes > 1:
+            _same_resume_point(resume_from, self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = self._prepare_data()
         model = self._build_model(tokenizer)
