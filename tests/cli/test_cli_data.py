@@ -17,14 +17,15 @@ def clip(tmp_path, make_wav):
 GOOD = {"audio": {"path": "clips/a.wav"}, "sentence": "hello", "language": "English"}
 
 
-def test_validate_broken_manifest(tmp_path, clip, make_manifest, capsys):
+def test_validate_broken_manifest(tmp_path, clip, make_manifest, capsys, make_wav):
+    make_wav(tmp_path / "clips" / "b.wav", 2.0)
     manifest = make_manifest(
         tmp_path / "m.jsonl",
         [
             GOOD,
             "{oops",
             {**GOOD, "audio": {"path": "clips/none.wav"}},
-            {**GOOD, "language": "Klingon", "duration": 9},
+            {**GOOD, "audio": {"path": "clips/b.wav"}, "language": "Klingon", "duration": 9},
         ],
     )
     assert main(["data", "validate", str(manifest)]) == 1
@@ -40,8 +41,10 @@ def test_validate_broken_manifest(tmp_path, clip, make_manifest, capsys):
     assert len(out) == 5
 
 
-def test_validate_clean_manifest_exits_0(tmp_path, clip, make_manifest, capsys):
-    manifest = make_manifest(tmp_path / "m.jsonl", [GOOD, {**GOOD, "duration": 2.0}])
+def test_validate_clean_manifest_exits_0(tmp_path, clip, make_manifest, capsys, make_wav):
+    make_wav(tmp_path / "clips" / "b.wav", 2.0)
+    b = {**GOOD, "audio": {"path": "clips/b.wav"}, "duration": 2.0}
+    manifest = make_manifest(tmp_path / "m.jsonl", [GOOD, b])
     assert main(["data", "validate", str(manifest), "--no-check-tokens"]) == 0
     assert capsys.readouterr().out == f"{manifest}: 2 lines, 0 errors, 0 warnings\n"
 

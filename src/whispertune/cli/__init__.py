@@ -13,6 +13,7 @@ only with ``-v``; third-party deprecation notices never.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -20,7 +21,7 @@ import sys
 import warnings
 
 from whispertune import __version__
-from whispertune.audio import AudioError
+from whispertune.audio import AudioError, allow_partial_audio
 from whispertune.errors import UserError
 from whispertune.options import ConfigError
 
@@ -39,6 +40,9 @@ _COMMAND_MODULES = (
     "serve",
     "webui",
 )
+# Commands that read audio files and so take --allow-partial-audio ('data validate' adds it
+# itself).
+_AUDIO_COMMANDS = ("train", "evaluate", "transcribe")
 # Kept at WARNING (INFO is their progress chatter) unless -vv.
 _NOISY_LOGGERS = ("httpx", "urllib3", "huggingface_hub", "filelock", "faster_whisper", "jieba")
 
@@ -66,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(f"whispertune.cli.{name}").register(sub)
+    from whispertune.cli._command import add_partial_audio_flag
+
+    for name in _AUDIO_COMMANDS:
+        add_partial_audio_flag(sub.choices[name])
     return parser
 
 
@@ -124,8 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(args.verbose, args.quiet)
     _silence_library_warnings(args.verbose)
+    partial = (
+        allow_partial_audio(True)
+        if getattr(args, "allow_partial_audio", False)
+        else contextlib.nullcontext()
+    )
     try:
-        result = args.func(args)
+        with partial:
+            result = args.func(args)
     except (UserError, AudioError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

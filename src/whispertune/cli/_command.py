@@ -69,3 +69,15 @@ def needs_extra(extra: str, what: str) -> Iterator[None]:
             f"{what} needs the '{extra}' extra ({e.name} is missing): "
             f"pip install 'whispertune[{extra}]'"
         ) from e
+
+
+def add_partial_audio_flag(parser: argparse.ArgumentParser) -> None:
+    """``--allow-partial-audio`` for a command that reads audio files: one flag, one meaning
+    everywhere (whispertune.audio.allow_partial_audio, applied by ``main`` around the run)."""
+    parser.add_argument(
+        "--allow-partial-audio",
+        action="store_true",
+        help="use the part that decodes of an audio file that ends before its header says "
+        "(cut short) or holds damaged data, with a warning, instead of stopping with an "
+        "error (also: WHISPERTUNE_ALLOW_PARTIAL_AUDIO=1)",
+    )

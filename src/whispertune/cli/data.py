@@ -10,7 +10,7 @@ import argparse
 import json
 
 from whispertune.cli import data_aishell
-from whispertune.cli._command import add_command, add_group
+from whispertune.cli._command import add_command, add_group, add_partial_audio_flag
 from whispertune.options import from_args
 
 
@@ -99,9 +99,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             ValidateOptions,
             _validate,
             "report every problem of a manifest as file:line",
-            "Check every line of a manifest (JSON, audio files, durations, timestamps, "
-            "languages, transcript length) and print all problems as 'file:line: severity: "
-            "message', then a summary. Exits 1 when there is any error.",
+            "Check every line of a manifest (JSON, audio files and whether each ends where its "
+            "header says, durations, timestamps, languages, transcript length, lines repeating "
+            "an earlier line's audio) and print all problems as 'file:line: severity: "
+            "message', then a summary. Exits 1 when there is any error. Audio is not decoded "
+            "in full unless --decode-audio: the header and the end of each file are read.",
         ),
         (
             "stats",
@@ -137,5 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     for name, options_cls, func, short, long in commands:
-        add_command(data_sub, name, options_cls, func, help=short, description=long)
+        parser = add_command(data_sub, name, options_cls, func, help=short, description=long)
+        if name == "validate":
+            add_partial_audio_flag(parser)
     data_aishell.register(data_sub)

@@ -4,7 +4,11 @@ Training on a bad manifest fails late (a missing file in epoch 3) or silently (a
 to 30 s and its transcript no longer matches, a transcript longer than the decoder's 448
 positions is truncated). :func:`validate_manifest` reads every line, collects all problems
 instead of stopping at the first, and is cheap: durations come from the audio header
-(:func:`measure_duration`) and a file is only decoded when its header says nothing.
+(:func:`measure_duration`) and a file is only decoded when its header says nothing. Whether a
+file is complete is checked by reading its end only (:func:`whispertune.audio.truncation_problem`:
+a WAV's declared size, an Ogg file's last page, the last 0.1 s of a FLAC or MP3), which finds a
+copy cut short for the price of a few kB; ``--decode-audio`` decodes every file to its end,
+which also finds damage in the middle, at the price of reading all the audio.
 
 The helpers here (:func:`measure_duration`, :func:`load_tokenizer`, :func:`decoder_tokens`) are
 shared with ``stats`` and the converters so that every data command measures the same way.
@@ -16,13 +20,21 @@ import functools
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from whispertune.audio import AudioError, audio_file_problem
+from whispertune.audio import (
+    AudioError,
+    AudioStream,
+    PartialAudioError,
+    audio_file_problem,
+    partial_audio_allowed,
+    truncation_problem,
+)
 from whispertune.data.manifest import ManifestError, Sample, parse_line, write_manifest
 from whispertune.errors import UserError
 from whispertune.languages import is_known_language
@@ -92,6 +104,16 @@ class ValidateOptions:
     force: bool = field(
         default=False,
         metadata={"help": "let --fix-durations overwrite an existing OUT"},
+    )
+    decode_audio: bool = field(
+        default=False,
+        metadata={
+            "help": "decode every audio file to its end: also finds damage in the middle of a "
+            "file and files only FFmpeg reads (m4a, webm) that end early, at the price of "
+            "reading all the audio (seconds per hour of FLAC, more for compressed formats). "
+            "Without it only each file's header and end are read, which finds files cut short "
+            "(WAV, FLAC, MP3, Ogg/Opus) for a few kB each"
+        },
     )
 
 
@@ -170,7 +192,11 @@ def measure_duration(path: Path) -> float:
         # load_audio's message repeats the path the caller already names; PyAV's errors are
         # OSErrors whose strerror is the short reason.
         cause = e.__cause__
-        reason = getattr(cause, "strerror", None) or str(cause or e).split(": ", 1)[-1]
+        if cause is None and "no audio could be decoded" in str(e):
+            raise AudioError("audio has no samples (0 s)") from e
+        if cause is None:  # our own reason (cut short): it reads on its own
+            raise AudioError(str(e).removeprefix(f"{path}: ")) from e
+        reason = getattr(cause, "strerror", None) or str(cause).split(": ", 1)[-1]
         raise AudioError(f"audio cannot be decoded ({reason})") from e
     if samples == 0:
         raise AudioError("audio has no samples (0 s)")
@@ -250,6 +276,33 @@ class _Collector:
 
     def warning(self, line: int, message: str) -> None:
         self.problems.append(Problem(self.file, line, WARNING, message))
+
+
+def _check_complete(path: Path, decode: bool, out: _Collector, line: int) -> bool:
+    """Whether the file ends where its header says (cheaply, or by decoding it all with
+    ``decode``). A file that does not is an error, a warning under --allow-partial-audio (the
+    other commands then use the part that decodes); False when it cannot be used at all."""
+    problem = truncation_problem(path)
+    if problem is None and decode:
+        try:
+            for _ in AudioStream(path, block_seconds=60.0, allow_partial=False):
+                pass
+        except PartialAudioError as e:
+            problem = str(e).removeprefix(f"{path}: ").split("; --allow-partial-audio")[0]
+        except AudioError as e:
+            out.error(line, f"{str(e).removeprefix(f'{path}: ')}: {path}")
+            return False
+    if problem is None:
+        return True
+    if partial_audio_allowed():
+        out.warning(line, f"audio decodes only in part: {problem}: {path}")
+    else:
+        out.error(
+            line,
+            f"audio decodes only in part: {problem}: {path} (--allow-partial-audio accepts "
+            "the part that decodes)",
+        )
+    return True
 
 
 def _check_cut(sample: Sample, file_duration: float, out: _Collector, line: int) -> bool:
@@ -341,6 +394,9 @@ def _check_sample(
         out.error(line, f"{e}: {sample.audio_path}")
         _check_sentences(sample, None, out, line)
         return None
+    if not _check_complete(sample.audio_path, options.decode_audio, out, line):
+        _check_sentences(sample, None, out, line)
+        return None
 
     if not _check_cut(sample, file_duration, out, line):
         _check_sentences(sample, None, out, line)
@@ -363,6 +419,33 @@ def _check_sample(
             )
     _check_sentences(sample, span, out, line)
     return span
+
+
+def _check_duplicate(
+    sample: Sample,
+    seen: dict[tuple[str, float | None, float | None], tuple[int, str]],
+    out: _Collector,
+) -> None:
+    """Warn when a line uses the same audio (file and cut) as an earlier one: a copy-paste or a
+    concatenation of overlapping manifests, which trains (and scores) that clip twice, or
+    twice with different transcripts. A warning, not an error: repeating a clip on purpose
+    is a (crude) way of weighting it."""
+    key = (os.path.normpath(sample.audio_path), sample.start_time or 0.0, sample.end_time)
+    text = sample.text
+    if key not in seen:
+        seen[key] = (sample.line, text)
+        return
+    first, first_text = seen[key]
+    if text == first_text:
+        out.warning(
+            sample.line,
+            f"duplicate of line {first} (same audio and transcript): the clip counts twice",
+        )
+    else:
+        out.warning(
+            sample.line,
+            f"same audio as line {first} with another transcript: one of them is wrong",
+        )
 
 
 def _read_lines(path: Path, out: _Collector) -> list[tuple[int, str]]:
@@ -413,6 +496,7 @@ def validate_manifest(path: str | Path, options: ValidateOptions | None = None) 
     report.lines = len(lines)
     base = path.resolve().parent
     fixed: list[Sample] = []
+    seen: dict[tuple[str, float | None, float | None], tuple[int, str]] = {}
     for number, text in tqdm(lines, desc="checking", unit="line", disable=None, leave=False):
         try:
             obj = json.loads(text)
@@ -428,6 +512,7 @@ def validate_manifest(path: str | Path, options: ValidateOptions | None = None) 
             out.error(number, str(e).removeprefix(": "))
             continue
         report.samples += 1
+        _check_duplicate(sample, seen, out)
         span = _check_sample(sample, options, tokenizer, out)
         if span is not None and span > 0:
             sample.duration = round(span, 2)
