@@ -68,6 +68,11 @@ def _train(args: argparse.Namespace) -> int:
         if main_process:
             _print_stopped(stopped)
         return 130
+    except KeyboardInterrupt:  # the second Ctrl-C: out at once, with the way back in
+        bars.close()
+        if main_process:
+            _print_interrupted(opts)
+        return 130
     finally:
         bars.close()
     if main_process:
@@ -115,6 +120,21 @@ def _print_stopped(stopped: Cancelled) -> None:
         print(f"{stopped}: stopped before the first step; nothing to resume")
         return
     print(f"{stopped}")
+    print(f"resume with: {_resume_command()}")
+
+
+def _print_interrupted(opts: TrainOptions) -> None:
+    """After a second Ctrl-C: the newest checkpoint on disk (the one being saved, if any, is
+    not among them: checkpoints are renamed into place whole) and how to resume."""
+    from pathlib import Path
+
+    from whispertune.train.checkpoint import completed_checkpoints
+
+    saved = completed_checkpoints(Path(opts.run.output))
+    if not saved:
+        print("interrupted before the first checkpoint; nothing to resume")
+        return
+    print(f"interrupted; newest checkpoint {saved[-1]}")
     print(f"resume with: {_resume_command()}")
 
 
