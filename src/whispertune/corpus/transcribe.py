@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from whispertune import options as _options
-from whispertune.backends.base import DecodeOptions
+from whispertune.backends.base import DecodeOptions, join_texts
 from whispertune.backends.options import ModelOptions
 from whispertune.corpus.cluster import ClusterOptions, connect, plan_actors, runtime_env_vars
 from whispertune.corpus.inputs import expand_inputs
@@ -41,7 +41,7 @@ from whispertune.corpus.output import (
 from whispertune.errors import UserError
 from whispertune.progress import Cancelled, ProgressCallback, Reporter, check_cancel
 from whispertune.staging import atomic_text_file
-from whispertune.transcribe import LongFormOptions, TranscriptionResult
+from whispertune.transcribe import LongFormOptions, Segment, TranscriptionResult
 
 logger = logging.getLogger(__name__)
 
@@ -135,16 +135,7 @@ def manifest_row(path: str, result: TranscriptionResult) -> dict[str, Any]:
         "audio": {"path": path},
         "sentence": result.text,
         "language": info.language,
-        "sentences": [
-            {
-                "start": round(s.start, 3),
-                "end": round(s.end, 3),
-                "text": s.text.strip(),
-                "avg_logprob": s.avg_logprob,
-                "no_speech_prob": s.no_speech_prob,
-            }
-            for s in segs
-        ],
+        "sentences": training_sentences(segs, info.duration),
         "duration": round(info.duration or 0.0, 3),
         "avg_logprob": _mean([s.avg_logprob for s in segs], [len(s.tokens) for s in segs]),
         "no_speech_prob": max(
@@ -154,6 +145,47 @@ def manifest_row(path: str, result: TranscriptionResult) -> dict[str, Any]:
     if row["language"] is None:
         del row["language"]
     return row
+
+
+def training_sentences(segments: list[Segment], duration: float | None) -> list[dict[str, Any]]:
+    """The segments as manifest ``sentences`` a trainer accepts: times in milliseconds, in
+    order, inside the audio, each with a length.
+
+    Why: Whisper sometimes ends a window with a zero-length segment (start == end, or equal
+    once rounded); ``data validate`` rejects those and a timestamp target cannot hold them.
+    Such a segment's text is joined to the segment before it (to the next when it is the
+    first), so the sentences still read as the whole ``sentence``; empty texts are dropped.
+    Each sentence keeps its own ``avg_logprob`` and ``no_speech_prob``.
+    """
+    limit = round(duration, 3) if duration else None
+    out: list[dict[str, Any]] = []
+    carry = ""  # text of leading zero-length segments, given to the first real one
+    for seg in segments:
+        text = seg.text.strip()
+        if not text:
+            continue
+        start, end = round(seg.start, 3), round(seg.end, 3)
+        if limit is not None:
+            start, end = min(start, limit), min(end, limit)
+        if out:
+            start = max(start, out[-1]["end"])
+        if end <= start:
+            if out:
+                out[-1]["text"] = join_texts([out[-1]["text"], text])
+            else:
+                carry = join_texts([carry, text])
+            continue
+        out.append(
+            {
+                "start": start,
+                "end": end,
+                "text": join_texts([carry, text]),
+                "avg_logprob": seg.avg_logprob,
+                "no_speech_prob": seg.no_speech_prob,
+            }
+        )
+        carry = ""
+    return out
 
 
 class TranscribeActor:
