@@ -278,7 +278,8 @@ def transcribe_corpus(
     result.failed_before = len(failed_before & set(map(str, files)))
     if todo:
         _run(options, todo, stems, formats, result, progress, cancel)
-    if not (set(map(str, files)) - done_paths(output)[0] - done_paths(output)[1]):
+    done, failed = done_paths(output)
+    if not set(map(str, files)) - done - failed:
         result.manifest = write_manifest(output, files)
     result.wall_seconds = time.perf_counter() - started
     return result
