@@ -131,10 +131,9 @@ def _long_audio(tmp_path: Path) -> Path:
 
 
 def test_cancel_stops_a_long_file_within_a_second(qtbot, window, tiny_model, tmp_path):
-    """Cancel really stops the decoding (the worker returns, not just a greyed button), at the
-    end of the batch in progress: within a second where a batch of the tiny model takes less
-    (the library checks the cancel event between batches; on a loaded CPU one batch can take
-    longer, and the bound is then that batch's measured time)."""
+    """Cancel ends the file at once (status, progress bar, no more segments, the queue given
+    back) and really stops the decoding: the worker returns at the end of the batch in flight
+    (a decode call cannot be interrupted), and its late signals change nothing."""
     long_file = _long_audio(tmp_path)
     window.set_model(str(tiny_model), "ct2")
     _choose(window, language="en", beam=1, vad=True)
@@ -144,27 +143,38 @@ def test_cancel_stops_a_long_file_within_a_second(qtbot, window, tiny_model, tmp
     moves: list[float] = []  # when the bar moved, once decoding had begun
     window.worker.progress.connect(
         lambda _job, done, *_: moves.append(time.perf_counter()) if done > 0 else None)
+    worker_stopped: list[float] = []
+    window.worker.cancelled.connect(lambda _job: worker_stopped.append(time.perf_counter()))
 
     window.transcribe_action.trigger()
     # decoding has really begun: a batch was decoded and the bar moved
     qtbot.waitUntil(lambda: job.done > 0, timeout=60_000)
     assert window.cancel_action.isEnabled()
-    with qtbot.waitSignal(window.job_ended, timeout=60_000) as ended:
+    with qtbot.waitSignal(window.job_ended, timeout=5_000) as ended:
         start = time.perf_counter()
         window.cancel_action.trigger()
-        assert job.status == "Cancelling…"  # the window answers at once
-    stopped = time.perf_counter() - start
+    ended_after = time.perf_counter() - start
     assert ended.args == [job.id, "Cancelled"]
+    assert ended_after < 1.0, f"the window took {ended_after:.2f} s to end the file"
+    kept, done = list(job.segments), job.done
+    assert window.transcribe_action.isEnabled() and not window.cancel_action.isEnabled()
+    assert window.jobs[1].status == "Queued"
+
+    # the worker stops at the end of its batch; nothing it sends after the click is shown
+    qtbot.waitUntil(lambda: bool(worker_stopped), timeout=60_000)
+    stopped = worker_stopped[0] - start
     gaps = [b - a for a, b in zip(moves, moves[1:], strict=False)]
     batch = max(gaps, default=0.0)
-    assert stopped < max(1.0, batch + 0.25), (
+    assert stopped < max(1.0, batch + 0.5), (
         f"the worker stopped {stopped:.2f} s after Cancel (a batch took {batch:.2f} s)")
-    assert job.done < job.duration - 30  # stopped in the middle of the file
-    assert window.jobs[1].status == "Queued"
-    assert window.transcribe_action.isEnabled() and not window.cancel_action.isEnabled()
     qtbot.wait(300)
+    assert job.status == "Cancelled" and job.segments == kept and job.done == done
+    assert job.done < job.duration - 30  # stopped in the middle of the file
     assert window.jobs[1].status == "Queued"  # nothing started behind the user's back
-    print(f"cancel: stopped {stopped:.2f} s after the click; longest batch {batch:.2f} s")
+    # the next file runs on the same engine once the user asks
+    assert _transcribe(qtbot, window) == "Done"
+    print(f"cancel: window {ended_after:.3f} s, worker {stopped:.2f} s after the click; "
+          f"longest batch {batch:.2f} s")
 
 
 def test_non_audio_file_gets_a_dialog_and_the_app_goes_on(qtbot, window, tiny_model, tmp_path,

@@ -542,16 +542,22 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def cancel(self) -> None:
-        """Stop the running file at the next batch (the worker confirms with ``cancelled``)
-        and pause the queue; the files after it stay queued."""
+        """End the running file now and pause the queue; the files after it stay queued.
+
+        The file is "Cancelled" at once, with the segments it has: a decode call in flight
+        cannot be interrupted (CTranslate2's generate has no stop hook), so the worker stops at
+        the end of that batch (a few seconds for builtin:base on a CPU) and its late signals
+        are dropped because they name a job that is no longer running. A file started right
+        after waits for that batch, on the same engine thread.
+        """
         self._queue_paused = True
         job = self._running
         if job is None or job.request is None:
             return
         job.request.cancel.set()
-        self._set_status(job, "Cancelling…")
-        self.statusBar().showMessage(f"Cancelling {job.path.name}…")
-        self._update_actions()
+        self.progress.setFormat("cancelled")
+        self._end(job, "Cancelled", f"{job.path.name}: cancelled after "
+                  f"{_duration_text(job.done)} ({len(job.segments)} segments kept)")
 
     def _current(self, job_id: int) -> Job | None:
         """The running job if the signal is about it (late signals of a cancelled or
@@ -578,8 +584,7 @@ class MainWindow(QMainWindow):
         if job is None:
             return
         job.started_at = time.perf_counter()
-        if job.status != "Cancelling…":
-            self._set_status(job, "Transcribing")
+        self._set_status(job, "Transcribing")
         self.progress.setRange(0, 1000)
         self.statusBar().showMessage(f"Transcribing {job.path.name}…")
 
@@ -605,7 +610,7 @@ class MainWindow(QMainWindow):
     @Slot(int, float, float, float)
     def _on_progress(self, job_id: int, done: float, total: float, eta: float) -> None:
         job = self._current(job_id)
-        if job is None or job.status == "Cancelling…":
+        if job is None:
             return
         job.done = done
         total = total if total > 0 else (job.duration or 0.0)
@@ -817,8 +822,7 @@ class MainWindow(QMainWindow):
         selected = self.selected_job()
         has_text = self._shown_job is not None and bool(self._shown_job.segments)
         self.transcribe_action.setEnabled(not running and (queued or selected is not None))
-        self.cancel_action.setEnabled(running and self._running is not None
-                                      and self._running.status != "Cancelling…")
+        self.cancel_action.setEnabled(running)
         self.copy_action.setEnabled(has_text)
         for action in self.save_actions.values():
             action.setEnabled(has_text)
