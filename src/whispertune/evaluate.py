@@ -24,7 +24,7 @@ from whispertune.data.manifest import Sample, read_manifest
 from whispertune.errors import UserError
 from whispertune.languages import NO_SPACE_LANGUAGES, language_code, resolved_language
 from whispertune.progress import ProgressCallback, Reporter, check_cancel
-from whispertune.staging import atomic_text_file
+from whispertune.staging import atomic_text_file, check_output_file, clean_leftovers
 from whispertune.text import NormalizeOptions, for_cer
 from whispertune.text import normalize as normalize_text
 
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 # limit leaves room at the window's end, where Whisper tends to stop early.
 PACK_GAP = 2.0
 PACK_LIMIT = 28.0
-
 
 
 @dataclass
@@ -66,6 +65,15 @@ class EvaluateOptions:
     )
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     normalize: NormalizeOptions = field(default_factory=NormalizeOptions)
+
+
+class ReportNotWritten(UserError):
+    """The evaluation ran but ``--output`` could not be written (an OS error): the report is
+    attached, so the figures minutes of decoding produced are still printed or returned."""
+
+    def __init__(self, message: str, report: EvaluationReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -171,8 +179,12 @@ def evaluate(
     server, UI or benchmark scores many manifests without reloading; without one the model of
     ``options.load`` is loaded here and closed at the end. ``progress`` gets one
     ProgressEvent (stage "evaluate", clips) per batch; a set ``cancel`` raises Cancelled at the
-    next batch and nothing is written.
+    next batch and nothing is written. ``options.output`` is checked before the model is
+    loaded (a folder, under a file, not writable: UserError); an OS error while writing it
+    raises :class:`ReportNotWritten`, which carries the report.
     """
+    if options.output is not None:
+        check_output_file(options.output)
     samples = read_manifest(options.manifest)
     if options.limit:
         samples = samples[: options.limit]
@@ -199,7 +211,13 @@ def evaluate(
         if own:
             transcriber.close()
     if options.output is not None:
-        write_utterances(report, options.output)
+        try:
+            write_utterances(report, options.output)
+        except OSError as e:
+            raise ReportNotWritten(
+                f"--output {options.output}: the per-utterance results could not be written: {e}",
+                report,
+            ) from e
     return report
 
 
@@ -431,10 +449,10 @@ def write_utterances(report: EvaluationReport, path: Path) -> None:
     """Per-utterance JSONL, worst first, so the first lines are the ones worth listening to."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path.parent, path.name)
     ranked = sorted(report.utterances, key=lambda r: (-r.error_rate, -r.errors, r.line))
     with atomic_text_file(path) as fh:
         for r in ranked:
             row = asdict(r)
             row["error_rate"] = round(r.error_rate, 4)
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-

@@ -477,8 +477,9 @@ class Pipeline:
             # first span of a file goes alone: its language is detected from it, and a stream
             # (the server, the desktop app) shows its first segments after one span's decode
             # instead of a whole batch's (the spans are the same either way).
-            while pending and (finder.eof or len(pending) >= batch or first
-                               or info.language is None):
+            while pending and (
+                finder.eof or len(pending) >= batch or first or info.language is None
+            ):
                 n = 1 if first or info.language is None else batch
                 first = False
                 todo, pending = pending[:n], pending[n:]
@@ -562,13 +563,17 @@ def transcribe_files(
     """Transcribe every file of ``options.audio`` and write the chosen formats.
 
     A file that cannot be read is reported in its FileOutcome (``error``) and the others
-    still run. ``progress`` gets ``ProgressEvent(stage="transcribe", unit="s")`` counting
-    audio seconds over all files; ``on_segment`` sees each segment as it is decoded. When
+    still run; so is a file whose outputs could not be written (an OS error: disk full, a
+    folder removed), which keeps its ``result`` so the text is not lost. ``output_dir`` is
+    checked before the model is loaded (a file, under a file, not writable: UserError).
+    ``progress`` gets ``ProgressEvent(stage="transcribe", unit="s")`` counting audio
+    seconds over all files; ``on_segment`` sees each segment as it is decoded. When
     ``cancel`` is set the run stops before the next batch with ``Cancelled``: the files
     finished before stay written (state "partial"; "removed" when there were none), the
     cancelled file gets no output.
     """
     from whispertune.formats import output_stems, write_outputs
+    from whispertune.staging import check_output_dir, clean_leftovers
 
     paths = [Path(p) for p in options.audio]
     if not paths:
@@ -577,6 +582,8 @@ def transcribe_files(
     if options.format not in (*FORMATS, "all"):
         raise UserError(f"unknown format {options.format!r}; use {', '.join(FORMATS)} or all")
     resolved_language(options.decode.language)  # unknown names fail before the model loads
+    check_output_dir(options.output_dir, "--output-dir")
+    clean_leftovers(options.output_dir)
     streams: list[tuple[Path, AudioStream | None, str | None]] = []
     for p in paths:
         try:
@@ -622,7 +629,12 @@ def transcribe_files(
                 continue
             result = TranscriptionResult(run.info, segments)
             done_before += result.info.duration or 0.0
-            written = write_outputs(result, options.output_dir, stem, formats)
+            try:
+                written = write_outputs(result, options.output_dir, stem, formats)
+            except OSError as e:  # the text is kept in the outcome; the next file still runs
+                error = f"{path}: transcribed, but writing its output failed: {e}"
+                outcomes.append(FileOutcome(path, result=result, error=error))
+                continue
             outcomes.append(FileOutcome(path, result=result, outputs=written))
         report(done_before, total=done_before)  # exact durations: ends at its total
     finally:

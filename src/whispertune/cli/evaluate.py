@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from whispertune import options
 from whispertune.cli._command import add_command
-from whispertune.evaluate import EvaluateOptions, EvaluationReport
+from whispertune.evaluate import EvaluateOptions, EvaluationReport, ReportNotWritten
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,12 +45,19 @@ def run(args: argparse.Namespace) -> int:
     from whispertune.evaluate import evaluate
 
     opts = options.from_args(EvaluateOptions, args)
+    unwritten = None
     with progress_bar("evaluating", quiet=args.quiet) as progress:
-        report = evaluate(opts, progress=progress)
+        try:
+            report = evaluate(opts, progress=progress)
+        except ReportNotWritten as e:  # the figures are printed all the same
+            report, unwritten = e.report, e
     if args.json:
         print(json.dumps(report.summary(), ensure_ascii=False, indent=2))
     else:
         print_report(report)
-        if opts.output:
+        if opts.output and unwritten is None:
             print(f"per-utterance results (worst first): {opts.output}")
+    if unwritten is not None:
+        print(f"error: {unwritten}", file=sys.stderr)
+        return 1
     return 0

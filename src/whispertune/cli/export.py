@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 from whispertune import options
 from whispertune.cli._command import add_command, add_group
+from whispertune.errors import UserError
 from whispertune.export.ct2 import ExportCT2Options
 from whispertune.export.ggml import ExportGGMLOptions
+from whispertune.staging import check_output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +58,17 @@ _STAGES = {
 }
 
 
+@contextlib.contextmanager
+def written_or_error(output: object) -> Iterator[None]:
+    """An OS error while writing (a full disk, a folder removed meanwhile) becomes a UserError
+    that says the old output is as it was: outputs are built beside ``output`` and moved in
+    whole (whispertune.staging), so a failed write never leaves half a model there."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"{output}: not written: {e} (left as it was before this run)") from e
+
+
 def _ct2(args: argparse.Namespace) -> int:
     from whispertune.cli._progress import TqdmProgress
     from whispertune.export.ct2 import export_ct2
@@ -61,10 +76,14 @@ def _ct2(args: argparse.Namespace) -> int:
     opts = options.from_args(ExportCT2Options, args)
     bars = TqdmProgress({**_STAGES, "write": "writing"}, quiet=args.quiet)
     try:
-        out = export_ct2(
-            opts.model, opts.output, quantization=opts.quantization, force=opts.force,
-            progress=bars,
-        )
+        with written_or_error(opts.output):
+            out = export_ct2(
+                opts.model,
+                opts.output,
+                quantization=opts.quantization,
+                force=opts.force,
+                progress=bars,
+            )
     finally:
         bars.close()
     print(f"CTranslate2 model ({opts.quantization}): {out}")
@@ -76,17 +95,19 @@ def _ggml(args: argparse.Namespace) -> int:
     from whispertune.export.ggml import export_ggml
 
     opts = options.from_args(ExportGGMLOptions, args)
+    check_output_file(opts.output)  # before minutes of loading and converting
     bars = TqdmProgress(_STAGES, quiet=args.quiet)
     try:
-        out = export_ggml(
-            opts.model,
-            opts.output,
-            dtype=opts.dtype,
-            quantize=opts.quantize,
-            force=opts.force,
-            verify=opts.verify,
-            progress=bars,
-        )
+        with written_or_error(opts.output):
+            out = export_ggml(
+                opts.model,
+                opts.output,
+                dtype=opts.dtype,
+                quantize=opts.quantize,
+                force=opts.force,
+                verify=opts.verify,
+                progress=bars,
+            )
     finally:
         bars.close()
     label = opts.quantize or opts.dtype

@@ -24,14 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from whispertune.cli._progress import TqdmProgress
+    from whispertune.cli.export import written_or_error
     from whispertune.merge import merge_adapter
 
     opts = options.from_args(MergeOptions, args)
     bars = TqdmProgress({"merge": "merging", "write": "writing"}, quiet=args.quiet)
     try:
-        out = merge_adapter(
-            opts.adapter, opts.output, base=opts.base_model, force=opts.force, progress=bars
-        )
+        with written_or_error(opts.output):
+            out = merge_adapter(
+                opts.adapter, opts.output, base=opts.base_model, force=opts.force, progress=bars
+            )
     finally:
         bars.close()
     print(f"merged model: {out}")

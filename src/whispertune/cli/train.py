@@ -71,8 +71,14 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, with the way back in
         bars.close()
         if main_process:
-            _print_interrupted(opts)
+            _print_interrupted(opts, "stopped")
         return 130
+    except OSError as e:  # a full disk, a folder removed: what was saved stays resumable
+        bars.close()
+        print(f"error: {e}", file=sys.stderr)
+        if main_process:
+            _print_interrupted(opts, "stopped")
+        return 1
     finally:
         bars.close()
     if main_process:
@@ -123,18 +129,18 @@ def _print_stopped(stopped: Cancelled) -> None:
     print(f"resume with: {_resume_command()}")
 
 
-def _print_interrupted(opts: TrainOptions) -> None:
-    """After a second Ctrl-C: the newest checkpoint on disk (the one being saved, if any, is
-    not among them: checkpoints are renamed into place whole) and how to resume."""
+def _print_interrupted(opts: TrainOptions, what: str = "interrupted") -> None:
+    """After a second Ctrl-C or an OS error: the newest checkpoint on disk (one being saved
+    is not among them: checkpoints are renamed into place whole) and how to resume."""
     from pathlib import Path
 
     from whispertune.train.checkpoint import completed_checkpoints
 
     saved = completed_checkpoints(Path(opts.run.output))
     if not saved:
-        print("interrupted before the first checkpoint; nothing to resume")
+        print(f"{what} before the first checkpoint; nothing to resume")
         return
-    print(f"interrupted; newest checkpoint {saved[-1]}")
+    print(f"{what}; newest checkpoint {saved[-1]}")
     print(f"resume with: {_resume_command()}")
 
 

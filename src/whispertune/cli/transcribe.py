@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from whispertune.cli._progress import progress_bar
-    from whispertune.formats import format_timestamp
+    from whispertune.formats import format_timestamp, to_txt
     from whispertune.transcribe import Segment, TranscriptionInfo, transcribe_files
 
     opts = options.from_args(TranscribeOptions, args)
@@ -68,15 +68,22 @@ def run(args: argparse.Namespace) -> int:
 
     with progress_bar("transcribing", quiet=quiet) as progress:
         outcomes = transcribe_files(opts, progress=progress, on_segment=on_segment)
-    failed = 0
+    failed = []
     for o in outcomes:
         if o.error:
-            failed += 1
+            failed.append(o.path)
             print(f"error: {o.error}", file=sys.stderr)
+            if o.result is not None:  # decoded but not written: the text is not lost
+                print(f"{o.path}: its text, not written to any file:")
+                print(to_txt(o.result.segments), end="")
             continue
         assert o.result is not None
         info = o.result.info
         if o.path not in announced:
             print(f"{o.path}: no speech found ({info.duration or 0:.1f} s of audio)")
         print(f"{o.path}: wrote {', '.join(str(p) for p in o.outputs)}")
-    return 2 if failed else 0
+    if failed:
+        names = ", ".join(str(p) for p in failed)
+        print(f"error: {len(failed)} of {len(outcomes)} file(s) failed: {names}", file=sys.stderr)
+        return 2
+    return 0

@@ -49,6 +49,7 @@ import numpy as np
 from whispertune.errors import UserError
 from whispertune.models.sources import ModelSource, SourceOptions, resolve
 from whispertune.progress import ProgressCallback, Reporter, check_cancel
+from whispertune.staging import clean_leftovers, temp_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -511,7 +512,10 @@ def export_ggml(
     load(1)
     check_cancel(cancel, "export")
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    clean_leftovers(output.parent, output.name)  # what killed exports to output left
+    fd, tmp_name = tempfile.mkstemp(
+        dir=output.parent, prefix=temp_prefix(output, "ggml"), suffix=".tmp"
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from whispertune.errors import UserError
+from whispertune.staging import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def _holder(path: Path) -> str:
 def acquire(run_dir: Path) -> int:
     """Lock ``run_dir`` for this process; returns the lock's file descriptor (keep it open:
     closing it releases the lock). Raises UserError naming the holder's PID where another
-    live process holds it."""
+    live process holds it, or where ``run_dir`` cannot be a writable folder."""
+    check_output_dir(run_dir, "--output")
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
     while True:
