@@ -225,7 +225,7 @@ def _header_length(path: Path) -> tuple[float | None, bool]:
     if info.samplerate <= 0:
         return None, False
     frames = max(info.frames, _wav_declared_frames(path) or 0)
-    return (frames / info.samplerate if frames > 0 else None), True
+    return frames / info.samplerate, True
 
 
 def _check_length(
@@ -236,9 +236,12 @@ def _check_length(
     damaged: int,
     allow_partial: bool | None,
 ) -> None:
-    """The end-of-file check every reader runs: no samples at all is an error; fewer than the
-    header promises, or damaged packets skipped, is partial audio."""
+    """The end-of-file check every reader runs: no samples at all is an error (unless an exact
+    header says the file is empty: a valid 0 s WAV); fewer than the header promises, or
+    damaged packets skipped, is partial audio."""
     if decoded == 0:
+        if exact and expected == 0:
+            return
         raise AudioError(f"{path}: no audio could be decoded from it (not an audio file?)")
     reasons = []
     if (ogg := _ogg_end_problem(path)) is not None:
@@ -277,7 +280,7 @@ def _read_soundfile(
         )
     except Exception as e:
         _partial(path, f"decoding failed part-way ({e}): cut short or damaged", allow_partial)
-        return None  # allowed: PyAV gives the part that decodes
+        return _read_pyav(path, start, end, allow_partial=True, warned=True)
     expected = (min(last, header) if last >= 0 else header) - first
     if expected > 0 and data.shape[0] > 0:
         _check_length(path, data.shape[0], expected / SAMPLE_RATE, True, 0, allow_partial)
@@ -285,9 +288,16 @@ def _read_soundfile(
 
 
 def _read_pyav(
-    path: Path, start: float | None, end: float | None, allow_partial: bool | None
+    path: Path,
+    start: float | None,
+    end: float | None,
+    allow_partial: bool | None,
+    warned: bool = False,
 ) -> np.ndarray:
+    """The samples through PyAV; ``warned``: the caller already reported the file as partial
+    (libsndfile failed part-way) and wants the part PyAV decodes, without a second warning."""
     stream = AudioStream(path, block_seconds=600.0, allow_partial=allow_partial, _pyav=True)
+    stream._warned = warned
     blocks = list(stream)
     audio = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     first = int(round((start or 0.0) * SAMPLE_RATE))
@@ -314,9 +324,8 @@ def load_audio(
     audio = _read_soundfile(path, start, end, allow_partial)
     if audio is None:
         audio = _read_pyav(path, start, end, allow_partial)
-    if len(audio) == 0:
-        where = " between start_time and end_time" if start or end is not None else ""
-        raise AudioError(f"{path}: no audio could be decoded{where}")
+    if len(audio) == 0 and (start or end is not None):
+        raise AudioError(f"{path}: no audio between start_time and end_time")
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
@@ -364,6 +373,7 @@ class AudioStream:
         self._use_soundfile = False
         self._expected: float | None = None
         self._exact = False
+        self._warned = False  # partial audio already reported: check only for no samples
         if isinstance(source, np.ndarray):
             if source.ndim != 1:
                 raise AudioError("audio array must be 1-D 16 kHz mono samples")
@@ -487,6 +497,8 @@ class AudioStream:
             raise AudioError(f"{self.path}: decoding failed ({type(e).__name__}: {e})") from e
         finally:
             container.close()
+        if self._warned:
+            damaged, self._expected = 0, None
         _check_length(self.path, total, self._expected, self._exact, damaged, self.allow_partial)
 
 
