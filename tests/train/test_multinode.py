@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -52,32 +53,32 @@ def _env(cache: Path) -> dict[str, str]:
 
 def _run_all(commands: list[tuple[list[str], dict[str, str]]]) -> None:
     """Start every launcher at once (the nodes of one job), wait for all of them; on timeout
-    kill each whole process group (launcher and workers)."""
+    kill each whole process group (launcher and workers). Logs go to files: a full pipe of
+    one launcher would stall it while the test waits on another."""
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]
     procs = [
         subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-        for cmd, env in commands
+        for (cmd, env), log in zip(commands, logs, strict=True)
     ]
     deadline = time.monotonic() + TIMEOUT_S
-    outputs: list[str] = []
     try:
         for proc in procs:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(out)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         for proc in procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         pytest.fail(f"training did not finish within {TIMEOUT_S} s (rendezvous or collective hung)")
-    for proc, out in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, out[-4000:]
+    failed = []
+    for i, (proc, log) in enumerate(zip(procs, logs, strict=True)):
+        log.seek(0)
+        if proc.returncode:
+            failed.append(f"launcher {i}:\n{log.read()[-3000:]}")
+        log.close()
+    assert not failed, "\n".join(failed)  # every failed node's log: the root cause is in one
 
 
 def _metrics(run: Path) -> list[dict]:
