@@ -41,7 +41,8 @@ TINY_FLAGS = [
 def ray_address(tmp_path_factory) -> Iterator[str]:
     """A 2-CPU Ray instance with a 200 MB object store, shut down after the corpus tests; its
     address lets a CLI subprocess join it (the ``--address`` path)."""
-    os.environ.setdefault("WHISPERTUNE_CACHE", str(tmp_path_factory.mktemp("corpus-cache")))
+    old_cache = os.environ.get("WHISPERTUNE_CACHE")  # conversions of the tiny model go here
+    os.environ["WHISPERTUNE_CACHE"] = str(tmp_path_factory.mktemp("corpus-cache"))
     ray.init(
         num_cpus=2,
         object_store_memory=200 * 1024 * 1024,
@@ -53,6 +54,10 @@ def ray_address(tmp_path_factory) -> Iterator[str]:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        if old_cache is None:
+            os.environ.pop("WHISPERTUNE_CACHE", None)
+        else:
+            os.environ["WHISPERTUNE_CACHE"] = old_cache
 
 
 @pytest.fixture(scope="session")
