@@ -69,8 +69,11 @@ def test_adapter_dir_resolves_its_base_and_loads_merged(tiny_hf, tmp_path):
     ids = torch.tensor([[50258, 50260, 50359, 50363]])
     with torch.no_grad():
         merged = loaded.model(input_features=feats, decoder_input_ids=ids).logits
-        plain = WhisperForConditionalGeneration.from_pretrained(tiny_hf).eval()(
-            input_features=feats, decoder_input_ids=ids).logits
+        plain = (
+            WhisperForConditionalGeneration.from_pretrained(tiny_hf)
+            .eval()(input_features=feats, decoder_input_ids=ids)
+            .logits
+        )
         adapted = peft_model.eval()(input_features=feats, decoder_input_ids=ids).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert not torch.allclose(merged, plain, atol=1e-3)
@@ -122,3 +125,77 @@ def test_hub_id_with_hf_hub_offline_set(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
         resolve("openai/whisper-tiny")
+
+
+# -- reliability (issue 25): mistyped paths, truncated weights, an adapter on another base ------
+
+
+@pytest.mark.parametrize("spec", ["./tiny-typo", "models/tiny-typo", "runs/x/best"])
+def test_mistyped_local_path_is_no_such_directory_not_a_hub_error(
+    spec, tmp_path, monkeypatch, capsys
+):
+    """``models/x`` fits the hub's owner/name pattern; with a models/ folder here it is a
+    path, and was reported as an unreachable hub id."""
+    from whispertune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["models", "resolve", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no such directory: {spec}")
+    assert "hub" not in err.split("(accepted")[0] and "Traceback" not in err
+    if spec.startswith("models/"):
+        assert "(models holds: tiny)" in err
+
+
+def test_truncated_safetensors_is_named(tiny_hf, tmp_path, capsys):
+    import shutil
+
+    from whispertune.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_hf, model)
+    weights = model / "model.safetensors"
+    full = weights.stat().st_size
+    with open(weights, "r+b") as fh:
+        fh.truncate(full // 2)
+    assert main(["models", "resolve", str(model), "--hf"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {weights.resolve()}: truncated ({full // 2} of the {full} bytes its header "
+        "describes); copy or download it again\n"
+    )
+    with open(weights, "r+b") as fh:  # cut inside the header itself
+        fh.truncate(20)
+    assert main(["models", "resolve", str(model), "--hf"]) == 2
+    assert "too short for its own header" in capsys.readouterr().err
+
+
+def test_adapter_on_a_base_of_another_size_is_named(tiny_hf, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    from whispertune.cli import main
+
+    other = save_tiny_whisper(tmp_path / "narrow", d_model=32, encoder_ffn_dim=64)
+    peft_model = get_peft_model(
+        WhisperForConditionalGeneration.from_pretrained(tiny_hf),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(other)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    output = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(adapter), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {adapter.resolve()}: trained on a base model of another size" in err
+    assert "takes width 64, the base's is 32" in err and "Traceback" not in err
+    assert not output.exists()
+    # the right base given explicitly: merged
+    again = ["merge", "--adapter", str(adapter), "--output", str(output)]
+    assert main([*again, "--base-model", str(tiny_hf)]) == 0
+    assert (output / "model.safetensors").is_file()

@@ -8,6 +8,14 @@ Accepted forms, tried in this order:
   transformers and cached, so it can be fine-tuned);
 - a Hugging Face hub id (``openai/whisper-small``): downloaded with huggingface_hub; with no
   network the resolver fails within seconds and says to pass a local directory.
+
+A spec that is written like a path (``./x``, ``~/x``, ``/x``, ``runs/x/best``, or ``models/x``
+where ``models/`` is a local folder) and does not exist is "no such directory", never a hub
+lookup: a typo should not read as a network problem. The first time a model's transformers
+directory is asked for (:meth:`ModelSource.hf_dir`, which every loader goes through), its
+weight files are checked against their own headers (a truncated copy is a clear error instead
+of a deserialisation traceback), and an adapter's weight shapes against its base's config (an
+adapter on a base of another size is named as such instead of a page of size mismatches).
 """
 
 from __future__ import annotations
@@ -74,15 +82,25 @@ class ModelSource:
     kind: str  # "builtin" | "hf" | "adapter" | "ct2" (hub ids resolve to "hf")
     path: Path
     base: ModelSource | None = None  # the base model of an adapter
+    _checked: bool = field(default=False, repr=False, compare=False)
 
     def hf_dir(self) -> Path:
-        """A transformers checkpoint directory (for an adapter: its base model's)."""
+        """A transformers checkpoint directory (for an adapter: its base model's); checked
+        once (weights complete, an adapter's shapes fit its base) before it is handed out."""
         if self.kind == "hf":
-            return self.path
-        if self.kind == "adapter":
+            path = self.path
+            if not self._checked:
+                check_weights(path)
+        elif self.kind == "adapter":
             assert self.base is not None
-            return self.base.hf_dir()
-        return imported_hf_dir(self.path)  # builtin and ct2
+            path = self.base.hf_dir()
+            if not self._checked:
+                check_weights(self.path)
+                check_adapter_fits(self.path, path, self.base.describe())
+        else:
+            path = imported_hf_dir(self.path)  # builtin and ct2
+        self._checked = True
+        return path
 
     def native_ct2_dir(self) -> Path | None:
         """The CTranslate2 directory this model already is, or None."""
@@ -109,11 +127,135 @@ def resolve(spec: str | os.PathLike, *, base: str | None = None) -> ModelSource:
     path = Path(text).expanduser()
     if path.exists():
         return _resolve_local(text, path, base)
-    if _HUB_ID.match(text) and not text.startswith((".", "~")):
+    if _HUB_ID.match(text) and not _written_as_path(text):
         return ModelSource(text, "hf", download_from_hub(text))
-    raise ModelSourceError(
-        f"{text}: no such directory, and not a model id; accepted: {ACCEPTED_FORMS}"
-    )
+    raise ModelSourceError(f"no such directory: {text}{_nearest_hint(path)}")
+
+
+def _written_as_path(text: str) -> bool:
+    """Whether a spec that fits the hub's owner/name pattern is meant as a local path: it
+    starts like one, or its first part is a folder here (``models/x``, ``runs/x``)."""
+    if text.startswith((".", "~", "/")) or "\\" in text or os.path.isabs(text):
+        return True
+    return Path(text.split("/", 1)[0]).is_dir()
+
+
+def _nearest_hint(path: Path) -> str:
+    """What the missing path's folder holds, so a typo in the last part is easy to spot; the
+    accepted forms when the folder is missing too."""
+    parent = path.parent
+    if not parent.is_dir() or str(parent) in ("", "."):
+        return f" (accepted: {ACCEPTED_FORMS})"
+    try:
+        names = sorted(p.name for p in parent.iterdir() if p.is_dir())
+    except OSError:
+        return ""
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f" ({parent} holds: {shown or 'no folders'})"
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a .safetensors file and the file size it implies; ModelSourceError
+    when the file is too short for its own header (a truncated copy)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 0 or 8 + length > size:
+            raise ModelSourceError(
+                f"{path}: truncated or damaged ({size} bytes, too short for its own header); "
+                "copy or download it again"
+            )
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError as e:
+            raise ModelSourceError(
+                f"{path}: damaged (its header is not valid JSON: {e}); copy it again"
+            ) from e
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return header, 8 + length + max(ends, default=0)
+
+
+def check_weights(directory: Path) -> None:
+    """Every weight file of a transformers or adapter directory is as long as its header says
+    (safetensors; the zip directory of a torch .bin). Reads headers only."""
+    import zipfile
+
+    names = ["model.safetensors", "adapter_model.safetensors"]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names += sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelSourceError(f"{index}: damaged ({e})") from e
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            if name not in ("model.safetensors", "adapter_model.safetensors"):
+                raise ModelSourceError(f"{path}: missing (listed in {index.name})")
+            continue
+        _, expected = _safetensors_header(path)
+        size = path.stat().st_size
+        if size < expected:
+            raise ModelSourceError(
+                f"{path}: truncated ({size} of the {expected} bytes its header describes); "
+                "copy or download it again"
+            )
+    for name in ("pytorch_model.bin", "adapter_model.bin"):
+        path = directory / name
+        if path.is_file() and path.stat().st_size > 0:
+            with open(path, "rb") as fh:
+                is_zip = fh.read(4) == b"PK\x03\x04"
+            if is_zip:
+                try:
+                    zipfile.ZipFile(path).close()
+                except zipfile.BadZipFile as e:
+                    raise ModelSourceError(
+                        f"{path}: truncated or damaged ({e}); copy or download it again"
+                    ) from e
+
+
+_LAYER = re.compile(r"\b(encoder|decoder)\.layers\.(\d+)\.")
+
+
+def check_adapter_fits(adapter: Path, base_hf_dir: Path, base_name: str) -> None:
+    """An adapter's LoRA matrices must fit the base: same width (d_model, feed-forward width)
+    and no layer the base does not have. PEFT would otherwise fail with one size-mismatch
+    line per matrix; this names the cause once."""
+    weights = adapter / "adapter_model.safetensors"
+    config_path = base_hf_dir / "config.json"
+    if not weights.is_file() or not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    d_model = config.get("d_model")
+    ffn = {"encoder": config.get("encoder_ffn_dim"), "decoder": config.get("decoder_ffn_dim")}
+    layers = {"encoder": config.get("encoder_layers"), "decoder": config.get("decoder_layers")}
+    header, _ = _safetensors_header(weights)
+    for key, value in sorted(header.items()):
+        shape = value.get("shape") if isinstance(value, dict) else None
+        match = _LAYER.search(key)
+        if not shape or len(shape) != 2 or not match or ".lora_" not in key:
+            continue
+        side, layer = match.group(1), int(match.group(2))
+        problem = None
+        if layers[side] is not None and layer >= layers[side]:
+            problem = f"it has {side} layer {layer}, the base {layers[side]} layers"
+        elif ".lora_A" in key:
+            want = ffn[side] if ".fc2." in key else d_model
+            if want is not None and shape[1] != want:
+                problem = f"{key} takes width {shape[1]}, the base's is {want}"
+        elif ".lora_B" in key:
+            want = ffn[side] if ".fc1." in key else d_model
+            if want is not None and shape[0] != want:
+                problem = f"{key} gives width {shape[0]}, the base's is {want}"
+        if problem:
+            raise ModelSourceError(
+                f"{adapter}: trained on a base model of another size than {base_name} "
+                f"({problem}); set base_model_name_or_path in {adapter / 'adapter_config.json'} "
+                "to the base it was trained on (merge also takes --base-model)"
+            )
 
 
 def _resolve_local(text: str, path: Path, base: str | None) -> ModelSource:
