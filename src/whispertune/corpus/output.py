@@ -96,6 +96,34 @@ def check_settings(output: Path, settings: dict[str, Any]) -> None:
         fh.write(json.dumps(settings, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
 
 
+def parquet_schema() -> Any:
+    """One schema for every Parquet shard: inferred per shard, a shard whose files all lack
+    speech would type ``sentences`` as a list of nulls, and the folder would not read as one
+    table (``ray.data.read_parquet``, pandas)."""
+    import pyarrow as pa
+
+    sentence = pa.struct(
+        [
+            ("start", pa.float64()),
+            ("end", pa.float64()),
+            ("text", pa.string()),
+            ("avg_logprob", pa.float64()),
+            ("no_speech_prob", pa.float64()),
+        ]
+    )
+    return pa.schema(
+        [
+            ("audio", pa.struct([("path", pa.string())])),
+            ("sentence", pa.string()),
+            ("language", pa.string()),
+            ("sentences", pa.list_(sentence)),
+            ("duration", pa.float64()),
+            ("avg_logprob", pa.float64()),
+            ("no_speech_prob", pa.float64()),
+        ]
+    )
+
+
 def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -103,7 +131,7 @@ def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        pq.write_table(pa.Table.from_pylist(rows, schema=parquet_schema()), tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
