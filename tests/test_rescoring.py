@@ -4,7 +4,13 @@ tests/backends/test_rescoring.py."""
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+import pytest
+
 from whispertune.rescoring import (
+    TokenScorer,
     candidates,
     choose,
     homophone_variants,
@@ -69,3 +75,40 @@ def test_only_mandarin_transcription_is_rescored():
     assert not wants_rescoring(True, "en", "transcribe")
     assert not wants_rescoring(True, "zh", "translate")
     assert not wants_rescoring(False, "zh", "transcribe")
+
+
+def _causal_logprob(prefix: tuple[int, ...], token: int) -> float:
+    """A stand-in decoder's log-probability of ``token`` after ``prefix``: deterministic,
+    <= 0 and causal (it depends on the tokens before only), as the real decoder's is."""
+    digest = hashlib.sha256(repr((prefix, token)).encode()).digest()
+    return -int.from_bytes(digest[:4], "little") / 2**32 * 3.0
+
+
+def _token_logprobs(text: str) -> np.ndarray:
+    tokens = tuple(text.encode())  # several tokens per character, as BPE gives
+    return np.array([_causal_logprob(tokens[:j], t) for j, t in enumerate(tokens)])
+
+
+@pytest.mark.parametrize("with_ends", [False, True])
+def test_pruned_choice_is_the_exhaustive_choice(with_ends):
+    """Scoring only the candidates whose bound can still win picks what scoring all of them
+    picks, on real hypotheses (simplified and traditional, homophone errors, cut short), and
+    scores fewer texts."""
+    beams = [
+        ["他洋盐要报复", "他扬盐要报复", "他洋言要報復"],
+        ["後者接受日本媒體採訪時表示", "后者接受日本媒体采访时表示", "后者接受日本媒体"],
+        ["就好像看到一个地球在动一样", "就好像看到一个地球在动", "就好象看到一個地球在動一樣"],
+        ["很可能是从我的作品拍生出来的", "很可能是從我的作品派生出來的"],
+        ["市政府进行了语论调查", "是政府进行了语论调查", "是政府進行了輿論調查。"],
+    ]
+    scored_all = scored_pruned = 0
+    for k, hyps in enumerate(beams):
+        ends = [-1.0 - 0.7 * i - 0.01 * k for i in range(len(hyps))] if with_ends else None
+        exhaustive = choose(hyps, lambda ts: [float(_token_logprobs(t).sum()) for t in ts], ends)
+        pruned = choose(
+            hyps, TokenScorer(lambda ts: [_token_logprobs(t) for t in ts], str.encode), ends
+        )
+        assert (pruned.text, pruned.index) == (exhaustive.text, exhaustive.index)
+        scored_all += exhaustive.scored
+        scored_pruned += pruned.scored
+    assert scored_pruned < scored_all

@@ -19,6 +19,7 @@ does not support loses on the acoustic score. Candidates are compared in simplif
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import re
@@ -28,13 +29,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from whispertune.models.cache import cache_dir
 from whispertune.numerals import arabic_to_hanzi
 from whispertune.text import remove_punctuation, to_simplified
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from whispertune.backends.base import ClipSegment, EncodedClip, Transcriber
 
 logger = logging.getLogger(__name__)
@@ -177,11 +178,35 @@ def candidates(hypotheses: Sequence[str]) -> list[Candidate]:
 class Choice:
     text: str
     index: int  # among the candidates; 0 = the beam's best hypothesis (simplified)
+    scored: int = 0  # texts the acoustic model scored to find it (for profiling)
+
+
+@dataclass
+class TokenScorer:
+    """An acoustic model that gives each text's per-token log-probabilities (float32, the
+    terms :func:`choose`'s total sums) and the tokens it scored them as.
+
+    Why per token: the decoder is causal, so a candidate that starts with the same tokens as
+    a text already scored has the same log-probabilities on that prefix, and every later token
+    adds a log-probability <= 0. That bounds the candidate's acoustic score before it is
+    scored, and most candidates are shown to lose without scoring them: on CTranslate2 each
+    scored text costs a decoder pass whose cross-attention projects the whole 30 s encoder
+    output (about a tenth of an encoder pass), which was most of rescoring's time.
+    """
+
+    logprobs: Callable[[Sequence[str]], Sequence[np.ndarray]]
+    tokens: Callable[[str], Sequence[int]]
+
+
+# Float noise allowed between two scorings of the same tokens (other batch, other padding) and
+# in a rounding of the totals: a candidate is dropped unscored only when even its upper bound
+# is below the best exact total by more than this.
+_MARGIN = 1e-3
 
 
 def choose(
     hypotheses: Sequence[str],
-    acoustic: Callable[[Sequence[str]], Sequence[float]],
+    acoustic: Callable[[Sequence[str]], Sequence[float]] | TokenScorer,
     end_scores: Sequence[float] | None = None,
     weight: float = LM_WEIGHT,
     char_bonus: float = CHAR_BONUS,
@@ -195,10 +220,16 @@ def choose(
     its source hypothesis's end-of-text term (beam total minus that hypothesis's acoustic
     score). Without it a hypothesis cut short would pay nothing for stopping early, and the
     word model, which prefers fewer words, would pick it.
+
+    Given a :class:`TokenScorer`, only the candidates that may still win are scored (best
+    bound first); the choice is the one scoring every candidate would make.
     """
     _tokenizer()  # the tables read below, built once under the lock (see _load_tokenizer)
     cands = candidates(hypotheses)
     texts = [c.text for c in cands]
+    lm = [word_logprob(t) + char_bonus * len(_comparable(t)) for t in texts]
+    if isinstance(acoustic, TokenScorer):
+        return _choose_pruned(cands, lm, hypotheses, acoustic, end_scores, weight)
     sources = sorted({c.source for c in cands}) if end_scores is not None else []
     extra = [hypotheses[i] for i in sources if hypotheses[i] not in texts]
     scored = dict(zip(texts + extra, acoustic(texts + extra), strict=True))
@@ -208,12 +239,135 @@ def choose(
         if end_scores is not None:
             a += end_scores[c.source] - scored[hypotheses[c.source]]
         am.append(a)
-    lm = [word_logprob(t) + char_bonus * len(_comparable(t)) for t in texts]
     best = max(range(len(texts)), key=lambda i: (am[i] + weight * lm[i], -i))
-    return Choice(texts[best], best)
+    return Choice(texts[best], best, len(scored))
+
+
+class _Scores:
+    """The texts scored so far for one choice: totals as :func:`choose` sums them, and
+    per-token terms for the prefix bound."""
+
+    def __init__(self, scorer: TokenScorer) -> None:
+        self.scorer = scorer
+        self.total: dict[str, float] = {}
+        self.cumulative: list[tuple[tuple[int, ...], list[float]]] = []
+        self._tokens: dict[str, tuple[int, ...]] = {}
+
+    def tokens(self, text: str) -> tuple[int, ...]:
+        if text not in self._tokens:
+            self._tokens[text] = tuple(self.scorer.tokens(text))
+        return self._tokens[text]
+
+    def score(self, texts: Sequence[str]) -> None:
+        todo = list(dict.fromkeys(t for t in texts if t not in self.total))
+        if not todo:
+            return
+        for text, logp in zip(todo, self.scorer.logprobs(todo), strict=True):
+            logp = np.asarray(logp)
+            # the sum exactly as score_tokens sums it (float32, numpy's order)
+            self.total[text] = float(logp.sum())
+            self.cumulative.append((self.tokens(text), np.cumsum(logp, dtype=np.float64).tolist()))
+
+    def upper_bound(self, text: str) -> float:
+        """An upper bound of the text's acoustic score: the scored prefix it shares with a
+        text already scored (the rest adds log-probabilities <= 0)."""
+        if text in self.total:
+            return self.total[text]
+        tokens = self.tokens(text)
+        bound = 0.0
+        for other, cum in self.cumulative:
+            k = 0
+            for a, b in zip(tokens, other, strict=False):
+                if a != b:
+                    break
+                k += 1
+            if k:
+                bound = min(bound, cum[k - 1])
+        return bound + _MARGIN
+
+
+def _choose_pruned(
+    cands: list[Candidate],
+    lm: list[float],
+    hypotheses: Sequence[str],
+    scorer: TokenScorer,
+    end_scores: Sequence[float] | None,
+    weight: float,
+) -> Choice:
+    """:func:`choose` scoring only what can change the choice, best bound first.
+
+    A candidate's total is exact once its text (and, with ``end_scores``, its source
+    hypothesis) is scored, computed with the same operations as the exhaustive path. Before
+    that it has an upper bound: the prefix bound of :class:`_Scores`; a candidate that is its
+    source hypothesis unchanged has acoustic + (end − acoustic), the beam total itself.
+    Scoring stops when no unscored candidate's bound reaches the best exact total."""
+    scores = _Scores(scorer)
+    n = len(cands)
+
+    def needed(i: int) -> list[str]:
+        c = cands[i]
+        out = [c.text]
+        if end_scores is not None:
+            out.append(hypotheses[c.source])
+        return [t for t in out if t not in scores.total]
+
+    def exact(i: int) -> float:
+        c = cands[i]
+        a = scores.total[c.text]
+        if end_scores is not None:
+            a += end_scores[c.source] - scores.total[hypotheses[c.source]]
+        return a + weight * lm[i]
+
+    def bound(i: int) -> float:
+        c = cands[i]
+        if end_scores is None:
+            return scores.upper_bound(c.text) + weight * lm[i]
+        h = hypotheses[c.source]
+        if c.text == h:
+            return end_scores[c.source] + _MARGIN + weight * lm[i]
+        if h not in scores.total:
+            return math.inf
+        return (
+            scores.upper_bound(c.text) + (end_scores[c.source] - scores.total[h]) + (weight * lm[i])
+        )
+
+    # The beam's best first: it is the usual winner, and its source's score is what the
+    # bounds of its variants need.
+    scores.score(needed(0))
+    while True:
+        done = {i: exact(i) for i in range(n) if not needed(i)}
+        best = max(done, key=lambda i: (done[i], -i))
+        open_ = [(bound(i), -i) for i in range(n) if i not in done]
+        open_ = [(b, j) for b, j in open_ if b >= done[best] - _MARGIN]
+        if not open_:
+            return Choice(cands[best].text, best, len(scores.total))
+        todo = needed(-max(open_)[1])
+        # an unscored source first: its score alone may bound the candidate out
+        scores.score(todo[1:] if len(todo) == 2 else todo)
 
 
 # -- with a backend: its score_tokens is the acoustic model -----------------------------------
+
+
+def _acoustic(
+    model: Transcriber,
+    clip: np.ndarray | EncodedClip,
+    prompt: Sequence[int],
+    before: Sequence[int] = (),
+    after: Sequence[int] = (),
+) -> Callable[[Sequence[str]], Sequence[float]] | TokenScorer:
+    """The backend as :func:`choose`'s acoustic model: each text's tokens between ``before``
+    and ``after``, after ``prompt``; per token where the backend can (so that candidates that
+    cannot win go unscored)."""
+
+    def tokens(text: str) -> list[int]:
+        return [*before, *model.encode_text(text), *after]
+
+    if model.scores_per_token:
+        return TokenScorer(
+            lambda texts: model.token_logprobs(clip, prompt, [tokens(t) for t in texts]), tokens
+        )
+    return lambda texts: model.score_tokens(clip, prompt, [tokens(t) for t in texts])
 
 
 def rescore_text(
@@ -228,11 +382,7 @@ def rescore_text(
     The acoustic score is the backend's :meth:`~Transcriber.score_tokens` of each candidate
     after ``prompt``; ``end_scores`` as in :func:`choose` (given by a backend whose scoring
     leaves the end of text out)."""
-
-    def acoustic(texts: Sequence[str]) -> list[float]:
-        return model.score_tokens(clip, prompt, [model.encode_text(t) for t in texts])
-
-    text = choose(hypotheses, acoustic, end_scores=end_scores).text
+    text = choose(hypotheses, _acoustic(model, clip, prompt), end_scores=end_scores).text
     return text, model.encode_text(text)
 
 
@@ -251,10 +401,5 @@ def rescore_segments(
             continue
         before = [x for s in segments[:k] for x in s.tokens]
         after = [x for s in segments[k + 1 :] for x in s.tokens]
-
-        def acoustic(texts: Sequence[str], before=before, after=after) -> list[float]:
-            seqs = [before + model.encode_text(t) + after for t in texts]
-            return model.score_tokens(clip, prompt, seqs)
-
-        seg.text = choose([seg.text], acoustic).text
+        seg.text = choose([seg.text], _acoustic(model, clip, prompt, before, after)).text
         seg.tokens = model.encode_text(seg.text)

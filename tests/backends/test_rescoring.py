@@ -3,6 +3,9 @@ the word model, in both backends, and nothing else changes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from whispertune.audio import load_audio
@@ -80,6 +83,36 @@ def test_timestamped_windows_rescore_their_segments(shared_data):
     rescored = Pipeline(model, DecodeOptions(language="zh")).transcribe(clip)
     raw = Pipeline(model, DecodeOptions(language="zh", rescore=False)).transcribe(clip)
     assert _plain(rescored.text) == "该动植物园目前正在就此事进行调查" != _plain(raw.text)
-    assert [(s.start, s.end) for s in rescored.segments] == [
-        (s.start, s.end) for s in raw.segments
+    assert [(s.start, s.end) for s in rescored.segments] == [(s.start, s.end) for s in raw.segments]
+
+
+@pytest.mark.slow
+def test_rescored_sample_is_what_scoring_every_candidate_gave():
+    """Rescoring scores only the candidates that can still win (whispertune.rescoring's
+    TokenScorer); on the bundled sample its texts are those of the rescoring that scored
+    every candidate, recorded in rescored_sample.json (as whispertune demo decodes: batches of
+    4, beam 5), with about a third of the scoring passes."""
+    from whispertune.cli.demo import sample_manifest
+    from whispertune.data.manifest import read_manifest
+
+    expected = json.loads((Path(__file__).with_name("rescored_sample.json")).read_text("utf-8"))
+    audios = [load_audio(s.audio_path) for s in read_manifest(sample_manifest("test"))]
+    model = create_transcriber("builtin:base", "ct2")
+    scored = []
+    token_logprobs = model.token_logprobs
+
+    def counted(clip, prompt, sequences):
+        scored.append(len(sequences))
+        return token_logprobs(clip, prompt, sequences)
+
+    model.token_logprobs = counted
+    opts = DecodeOptions(language="zh", beam_size=5)
+    texts = [
+        t.text
+        for i in range(0, len(audios), 4)
+        for t in model.transcribe_clips(audios[i : i + 4], opts)
     ]
+    assert texts == expected["texts"]
+    # scoring every candidate took 16 sequences a clip (5 beam hypotheses in simplified and
+    # traditional script, 8 homophone variants)
+    assert sum(scored) < 12 * len(audios), sum(scored)

@@ -242,6 +242,9 @@ class Transcriber(ABC):
     supports_word_timestamps: bool = False
     # Whether score_tokens counts the end-of-text token after each sequence.
     scores_end_of_text: bool = True
+    # Whether token_logprobs gives score_tokens' per-token terms: rescoring then scores only
+    # the candidates that may still win (whispertune.rescoring.TokenScorer).
+    scores_per_token: bool = False
 
     # The writing conventions of the model's training transcripts (see output_style); set by
     # the backend from its model directory, applied to every decode per ``options.numerals``.
@@ -304,6 +307,27 @@ class Transcriber(ABC):
         if not isinstance(clip, EncodedClip):
             clip = self._encode_clip(np.asarray(clip, dtype=np.float32))
         return self._score_tokens(clip, list(prompt), [list(s) for s in sequences])
+
+    def token_logprobs(
+        self,
+        clip: np.ndarray | EncodedClip,
+        prompt: Sequence[int],
+        sequences: Sequence[Sequence[int]],
+    ) -> list[np.ndarray]:
+        """The terms :meth:`score_tokens` sums: one array of log-probabilities per sequence,
+        one per token, for a backend with ``scores_per_token``. Rescoring bounds a candidate
+        by the prefix it shares with a text already scored (the decoder is causal), so it
+        skips most candidates without a decoder pass."""
+        if not isinstance(clip, EncodedClip):
+            clip = self._encode_clip(np.asarray(clip, dtype=np.float32))
+        return self._token_logprobs(clip, list(prompt), [list(s) for s in sequences])
+
+    def _token_logprobs(
+        self, clip: EncodedClip, prompt: Tokens, seqs: list[Tokens]
+    ) -> list[np.ndarray]:
+        """``token_logprobs`` on the backend's own encoding (backends with
+        ``scores_per_token``)."""
+        raise NotImplementedError(f"the {self.name} backend scores whole sequences only")
 
     @abstractmethod
     def _encode_clip(self, audio: np.ndarray) -> EncodedClip:

@@ -95,6 +95,7 @@ class CT2Transcriber(Transcriber):
     name = "ct2"
     supports_word_timestamps = True
     scores_end_of_text = False  # CTranslate2's align scores the text tokens only
+    scores_per_token = True
 
     def __init__(
         self,
@@ -335,8 +336,14 @@ class CT2Transcriber(Transcriber):
         return _Encoded(self._encode(feats), feats, 0, min(N_FRAMES, max(1, len(audio) // HOP)))
 
     def _score_tokens(self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]) -> list[float]:
-        """Summed log-probabilities of each sequence's tokens (end of text left out), from
-        CTranslate2's align over one copy of the clip's encoder output per sequence."""
+        """Summed log-probabilities of each sequence's tokens (end of text left out)."""
+        return [float(logp.sum()) for logp in self._token_logprobs(clip, prompt, seqs)]
+
+    def _token_logprobs(self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]) -> list:
+        """Log-probability of each token of each sequence (end of text left out), from
+        CTranslate2's align over one copy of the clip's encoder output per sequence (align
+        takes one encoder row per sequence; each costs a decoder pass whose cross-attention
+        projects the whole 30 s window, which is why rescoring scores few sequences)."""
         import ctranslate2
 
         if self.device == "cpu":
@@ -348,7 +355,7 @@ class CT2Transcriber(Transcriber):
             row = clip.feats[clip.index : clip.index + 1]
             repeated = self._encode(np.ascontiguousarray(np.repeat(row, len(seqs), 0)))
         aligned = self.model.align(repeated, prompt, seqs, clip.frames)
-        return [float(np.log(np.maximum(r.text_token_probs, 1e-12)).sum()) for r in aligned]
+        return [np.log(np.maximum(r.text_token_probs, 1e-12)) for r in aligned]
 
     def _generate_with_fallback(
         self,
