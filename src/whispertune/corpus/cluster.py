@@ -111,9 +111,15 @@ def connect(address: str | None) -> Iterator[Any]:
             ray.shutdown()
 
 
-def plan_actors(ray: Any, options: ClusterOptions) -> tuple[int, int]:
+def plan_actors(ray: Any, options: ClusterOptions, threads_flag: int = 0) -> tuple[int, int]:
     """(actors, threads per actor): ``--actors`` or as many as the cluster's CPUs hold."""
     threads = max(1, options.threads_per_actor)
+    if threads_flag and threads_flag != threads:
+        logger.warning(
+            "--threads %d is ignored: each actor gets --threads-per-actor (%d)",
+            threads_flag,
+            threads,
+        )
     if options.actors > 0:
         return options.actors, threads
     cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -124,7 +124,7 @@ def evaluate_corpus(
     ]
     batch = max(1, decode.batch_size)
     with connect(options.cluster.address) as ray:
-        actors, threads = plan_actors(ray, options.cluster)
+        actors, threads = plan_actors(ray, options.cluster, options.load.threads)
         actors = min(actors, math.ceil(len(items) / batch))
         load = replace(options.load, threads=threads)
         model = prepare_model(load, ship=options.cluster.address is not None)

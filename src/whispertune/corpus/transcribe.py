@@ -296,7 +296,7 @@ def _run(
 ) -> None:
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     with connect(options.cluster.address) as ray:
-        actors, threads = plan_actors(ray, options.cluster)
+        actors, threads = plan_actors(ray, options.cluster, options.load.threads)
         actors = min(actors, len(todo))
         result.actors = actors
         load = replace(options.load, threads=threads)
