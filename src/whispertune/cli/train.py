@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shlex
 import signal
@@ -67,11 +68,13 @@ def _train(args: argparse.Namespace) -> int:
         bars.close()
         if main_process:
             _print_stopped(stopped)
+        _exit_promptly()
         return 130
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, with the way back in
         bars.close()
         if main_process:
-            _print_interrupted(opts, "stopped")
+            _print_interrupted(opts)
+        _exit_promptly()
         return 130
     except OSError as e:  # a full disk, a folder removed: what was saved stays resumable
         bars.close()
@@ -84,6 +87,14 @@ def _train(args: argparse.Namespace) -> int:
     if main_process:
         _print_result(result, opts)
     return 0
+
+
+def _exit_promptly() -> None:
+    """Spare a stopped run the interpreter's closing garbage collection: it walks every object
+    the libraries made (about 5 s after a tiny run on 2 busy cores, measured), which is what a
+    user who pressed Ctrl-C waits through. Frozen objects are left to the OS; the process is
+    about to end, and everything worth keeping (checkpoint, metrics) is on disk."""
+    gc.freeze()
 
 
 def _callback(bars: TqdmProgress) -> ProgressCallback:
