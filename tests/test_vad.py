@@ -84,6 +84,40 @@ def test_spans_found_pass_by_pass_are_those_of_one_pass(speech_file):
     assert most <= 34 * S  # a pass at a time, not the file
 
 
+def test_a_first_window_limits_only_the_first_span():
+    buffer = np.arange(100 * S, dtype=np.float32)
+    regions = _regions((0, 4), (4.5, 8), (8.5, 12), (12.5, 16), (16.5, 30), (30.5, 40))
+    plain = list(group_regions(buffer, regions, 0))
+    assert [(sp.file_start / S, sp.file_end / S) for sp in plain] == [(0, 30), (30.5, 40)]
+    short = list(group_regions(buffer, regions, 0, first_window=10 * S))
+    # the first span stops at the last pause before 10 s; the rest is grouped up to 30 s
+    assert [(sp.file_start / S, sp.file_end / S) for sp in short] == [
+        (0, 8), (8.5, 30), (30.5, 40)]
+    # a first region longer than the limit stays whole
+    long_first = list(group_regions(buffer, _regions((0, 14), (14.5, 20)), 0,
+                                    first_window=10 * S))
+    assert [(sp.file_start / S, sp.file_end / S) for sp in long_first] == [(0, 14), (14.5, 20)]
+
+
+def test_a_short_first_span_is_found_after_a_short_first_pass(speech_file):
+    """With ``first_span_samples`` the first pass reads what the first span needs (not 4
+    minutes) and the spans after it are those of the plain finder."""
+    buffer = AudioBuffer(AudioStream(speech_file, block_seconds=1.0))
+    finder = SpeechFinder(buffer, VadSettings(), 240 * S, first_span_samples=3 * S)
+    first = finder.next_pass()
+    assert first  # the first pass already gives a span to decode
+    read_first = buffer.start + len(buffer.audio)
+    assert read_first < 45 * S  # the file is 73 s; a 4 minute pass would read all of it
+    spans = [(sp.file_start, sp.file_end) for sp in first]
+    while not finder.eof:
+        spans += [(sp.file_start, sp.file_end) for sp in finder.next_pass()]
+    whole, _, _ = _spans(speech_file, 240)
+    # the clip (about 3.3 s of speech) fits no 3 s span: it stays whole, and everything
+    # after it is grouped as before
+    assert len(spans) == len(whole)
+    assert np.abs(np.array(spans) - np.array(whole)).max() < 0.05 * S
+
+
 def test_speech_seconds_count_frames_above_the_threshold_after_a_time():
     probs = np.array([0.1, 0.9, 0.9, 0.2, 0.8], dtype=np.float32)
     frame = VAD_FRAME / S

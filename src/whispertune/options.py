@@ -78,17 +78,22 @@ def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = 
         )
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, config_file: bool) -> None:
+def _add_fields(
+    parser: argparse.ArgumentParser, cls: type, config_file: bool, defaults: Any = None
+) -> None:
     # config_file: a required option may come from the file, so argparse must not demand it
+    # defaults: the enclosing field's default instance, whose values the help shows (a nested
+    # group may default differently where it is nested: the server's long-form options)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("cli") is False:
             continue
         tp = _unwrap_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):  # nested options: their flags sit beside ours
-            _add_fields(parser, tp, config_file)
+            nested = _field_default(f)
+            _add_fields(parser, tp, config_file, nested if isinstance(nested, tp) else None)
             continue
-        default = _field_default(f)
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
         help_text = f.metadata.get("help", "")
         kwargs: dict[str, Any] = {}
         if "choices" in f.metadata:
@@ -177,6 +182,10 @@ def build(cls: type[T], values: dict[str, Any], source: str = "options") -> T:
             own = option_names(tp)
             sub = values.pop(name, None) or {}
             sub.update({k: values.pop(k) for k in list(values) if k in own})
+            default = _field_default(names[name])
+            if isinstance(default, tp):  # the enclosing class's own defaults for the group
+                base = {g.name: getattr(default, g.name) for g in dataclasses.fields(tp) if g.init}
+                sub = {**base, **sub}
             nested[name] = build(tp, sub, source)
     unknown = sorted(set(values) - set(names))
     if unknown:

@@ -97,6 +97,15 @@ class LongFormOptions:
         default=200,
         metadata={"help": "audio (ms) kept on each side of a VAD speech region"},
     )
+    first_span_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "VAD: limit a file's first span to this many seconds (cut at a pause) and "
+            "read only what it needs before decoding it, so that the first segments come "
+            "after a short decode (what a stream wants: the server streams with 10); 0 = "
+            "spans as the VAD groups them, up to 30 s"
+        },
+    )
     condition_on_previous_text: bool = field(
         default=False,
         metadata={
@@ -465,7 +474,10 @@ class Pipeline:
         # Audio per VAD pass: 4 minutes, or a batch of 30 s spans if that is more (16 MB of
         # samples; smaller blocks cut more spans short at their ends).
         finder = SpeechFinder(
-            buffer, self.long_form.vad_settings(), max(240, batch * 30) * SAMPLE_RATE
+            buffer,
+            self.long_form.vad_settings(),
+            max(240, batch * 30) * SAMPLE_RATE,
+            first_span_samples=int(self.long_form.first_span_seconds * SAMPLE_RATE),
         )
         next_id = 1
         pending: list[Span] = []

@@ -53,10 +53,22 @@ class SpeechFinder:
     the margin, so that every pass moves on.
     """
 
-    def __init__(self, buffer: AudioBuffer, settings: VadSettings, pass_samples: int) -> None:
+    def __init__(
+        self,
+        buffer: AudioBuffer,
+        settings: VadSettings,
+        pass_samples: int,
+        first_span_samples: int = 0,
+    ) -> None:
+        """``first_span_samples`` (0 = off) limits the file's first span to that much audio
+        (ending it at a pause; a longer first region stays whole), and makes the first pass
+        read only what such a span needs: a stream's first segments then wait for a short
+        decode and a short VAD pass instead of a 30 s span's decode and a 4 minute pass."""
         self.buffer = buffer
         self.options = settings.silero()
         self.pass_samples = pass_samples
+        self.first_span_samples = first_span_samples
+        self.spans_found = 0
         self.margin = (
             int((settings.min_silence_ms + 2 * settings.speech_pad_ms) * SAMPLE_RATE / 1000)
             + SAMPLE_RATE
@@ -69,7 +81,13 @@ class SpeechFinder:
         from faster_whisper.vad import get_speech_timestamps
 
         buffer = self.buffer
-        buffer.fill(buffer.start + self.pass_samples)
+        first = self.spans_found == 0 and self.first_span_samples > 0
+        # a first pass for a short first span: a whole 30 s span past it, plus the margin
+        # (every pass must be able to complete a span, or it would not move on)
+        length = self.pass_samples
+        if first:
+            length = min(length, self.first_span_samples + WINDOW + 2 * self.margin)
+        buffer.fill(buffer.start + length)
         self.eof = buffer.eof
         if not len(buffer.audio):
             return []
@@ -85,7 +103,11 @@ class SpeechFinder:
             if done:
                 keep_from = max(keep_from, done[-1]["end"])
             keep_from = max(0, keep_from)
-        spans = list(group_regions(buffer.audio, done, start))
+        spans = list(
+            group_regions(
+                buffer.audio, done, start, first_window=self.first_span_samples if first else 0
+            )
+        )
         if not self.eof and spans and spans[-1].file_start > start:
             # (a last span at the buffer's start is the only one, with silence to the cut
             # after it: it cannot grow, and carrying it would leave the buffer stuck)
@@ -94,6 +116,7 @@ class SpeechFinder:
             done = [r for r in done if r["start"] + start < last.file_start]
         self.speech += sum(r["end"] - r["start"] for r in done)
         buffer.drop_before(start + keep_from)
+        self.spans_found += len(spans)
         return spans
 
 
@@ -145,6 +168,7 @@ def group_regions(
     max_pause: float = 2.0,
     max_gap: float = 2.0,
     window: int = WINDOW,
+    first_window: int = 0,
 ) -> Iterator[Span]:
     """Speech regions merged, in order, into spans of at most ``window`` samples (30 s; WhisperX's
     "merge" step).
@@ -157,11 +181,13 @@ def group_regions(
     more speech per window (7 windows instead of 8) but cost 2.3-2.5 CER points there (and
     gained 0.5 WER points on English), so by default pauses are kept whole (a pause longer than
     2 s ends the span before it would be shortened). ``offset`` is the file sample of
-    ``buffer[0]``.
+    ``buffer[0]``. ``first_window`` (0 = ``window``) is the first span's limit instead (a first
+    region longer than it stays whole, up to ``window``).
     """
     keep = int(max_pause * SAMPLE_RATE / 2)
     group: list[dict] = []
     length = 0
+    limit = first_window or window
 
     def span() -> Span:
         parts, pieces = [], []
@@ -184,9 +210,9 @@ def group_regions(
     for r in regions:
         pause = r["start"] - group[-1]["end"] if group else 0
         added = r["end"] - r["start"] + min(pause, 2 * keep)
-        if group and (length + added > window or pause > max_gap * SAMPLE_RATE):
+        if group and (length + added > limit or pause > max_gap * SAMPLE_RATE):
             yield span()
-            group, length = [], 0
+            group, length, limit = [], 0, window
             added = r["end"] - r["start"]
         group.append(r)
         length += added
