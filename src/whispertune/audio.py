@@ -162,9 +162,13 @@ def truncation_problem(path: Path) -> str | None:
                 "(cut short)"
             )
         return None
-    ogg = _ogg_end_problem(path)
-    if ogg is not None:
-        return ogg
+    try:
+        with open(path, "rb") as fh:
+            is_ogg = fh.read(4) == b"OggS"
+    except OSError:
+        return None
+    if is_ogg:  # the last page says it all; seeking in Opus would decode from a page before
+        return _ogg_end_problem(path)
     try:
         with sf.SoundFile(str(path)) as fh:
             frames, rate = fh.frames, fh.samplerate
