@@ -95,16 +95,19 @@ def test_second_run_is_refused_and_ctrl_c_twice_exits_at_once(tiny, tmp_path, ca
     assert not (run / ".lock").exists()
 
 
-def test_lock_left_by_a_dead_process_is_taken_over(tiny, tmp_path, capsys):
+def test_lock_and_temporaries_left_by_a_dead_process_are_taken_over(tiny, tmp_path, capsys):
     manifest = write_manifest(tmp_path / "m.jsonl", 4)
     run = tmp_path / "run"
     run.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (run / ".lock").write_text(f"{dead.pid}\n")  # as a SIGKILLed run leaves it
+    half = run / f".metrics.jsonl.write-{dead.pid}@{staging._HOST}-x1y2.tmp"
+    half.write_text('{"step": 1')  # and its half-written temporary file
 
     assert main(["-q", *_train_args(tiny, manifest, run, 2)]) == 0
     assert (run / "best").is_dir() and not (run / ".lock").exists()
+    assert not half.exists()
 
 
 def _a_file(tmp_path: Path) -> Path:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from whispertune.errors import UserError
-from whispertune.staging import check_output_dir
+from whispertune.staging import check_output_dir, clean_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def acquire(run_dir: Path) -> int:
         logger.info("%s: taking over the lock of process %s, which has ended", run_dir, previous)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    clean_leftovers(run_dir)  # temporary files of a killed run here (metrics, pointers)
     return fd
 
 
