@@ -192,8 +192,6 @@ def measure_duration(path: Path) -> float:
         # load_audio's message repeats the path the caller already names; PyAV's errors are
         # OSErrors whose strerror is the short reason.
         cause = e.__cause__
-        if cause is None and "no audio could be decoded" in str(e):
-            raise AudioError("audio has no samples (0 s)") from e
         if cause is None:  # our own reason (cut short): it reads on its own
             raise AudioError(str(e).removeprefix(f"{path}: ")) from e
         reason = getattr(cause, "strerror", None) or str(cause).split(": ", 1)[-1]
