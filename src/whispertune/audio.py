@@ -246,6 +246,11 @@ def _check_length(
     if decoded == 0:
         if exact and expected == 0:
             return
+        if exact and expected:
+            raise AudioError(
+                f"{path}: no audio could be decoded of the {expected:.2f} s its header gives "
+                "(cut short or damaged)"
+            )
         raise AudioError(f"{path}: no audio could be decoded from it (not an audio file?)")
     reasons = []
     if (ogg := _ogg_end_problem(path)) is not None:
@@ -286,7 +291,7 @@ def _read_soundfile(
         _partial(path, f"decoding failed part-way ({e}): cut short or damaged", allow_partial)
         return _read_pyav(path, start, end, allow_partial=True, warned=True)
     expected = (min(last, header) if last >= 0 else header) - first
-    if expected > 0 and data.shape[0] > 0:
+    if expected > 0:  # a header with frames and nothing decoded is an error too
         _check_length(path, data.shape[0], expected / SAMPLE_RATE, True, 0, allow_partial)
     return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
 
