@@ -239,8 +239,10 @@ class OptimOptions:
     precision: str = field(
         default="fp32",
         metadata={
-            "help": "fp32, bf16 (CPU with AVX512-BF16 or GPU) or fp16 (CUDA only)",
-            "choices": ["fp32", "bf16", "fp16"],
+            "help": "fp32, bf16 autocast (CPU with AVX512-BF16/AMX or GPU), fp16 (CUDA only), "
+            "or auto: bf16 where the hardware computes it natively, else fp32 (emulated "
+            "bf16 is slower than fp32)",
+            "choices": ["fp32", "bf16", "fp16", "auto"],
         },
     )
     load_8bit: bool = field(
@@ -254,6 +256,19 @@ class OptimOptions:
                 raise UserError(f"{flag} {value}: give at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max-steps {self.max_steps}: give at least 1")
+
+    def resolved_precision(self) -> str:
+        """fp32, bf16 or fp16: what ``--precision`` means on this machine (``auto``: bf16 on a
+        GPU that supports it or a CPU with native bf16 instructions, fp32 elsewhere)."""
+        if self.precision != "auto":
+            return self.precision
+        import torch
+
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        from whispertune.train.hardware import cpu_has_bf16
+
+        return "bf16" if cpu_has_bf16() else "fp32"
 
 
 @dataclass(kw_only=True)

@@ -168,7 +168,8 @@ class Trainer:
         self.cancel = cancel
         if options.run.threads:
             torch.set_num_threads(options.run.threads)
-        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[options.optim.precision]
+        precision = options.optim.resolved_precision()  # --precision auto: bf16 where native
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
         self.acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
         self.is_main = self.acc.is_main_process
         self.run_dir = Path(options.run.output)
@@ -308,13 +309,12 @@ class Trainer:
             self.samples, self.processor.feature_extractor, tokenizer, self.special, o, train=True
         )
         self.use_cache = o.uses_encoder_cache()
+        # a step's activations are hundreds of MB to GBs, which glibc's heap would keep
+        return_freed_activations_to_the_os()
         if self.use_cache:
             self.train_data = self._encoder_cache(model)
         else:
             self.train_data = self.dataset
-            # full-encoder steps: activations of GBs a step, which glibc's heap would keep
-            # (not on the cache: there the heap's reuse is faster; see the function)
-            return_freed_activations_to_the_os()
             if o.lora.encoder_cache and o.lora.encoder_frozen() and o.augmenting():
                 logger.info("encoder cache off: augmentation changes the encoder's input")
         return model
@@ -860,7 +860,7 @@ class Trainer:
         t = time.perf_counter()
         # a second copy of the model: in the training precision on a GPU, where memory is short
         device = self.acc.device
-        dtype = self.o.optim.precision if device.type == "cuda" else "fp32"
+        dtype = self.o.optim.resolved_precision() if device.type == "cuda" else "fp32"
         loaded = load_transformers(str(best), dtype=dtype, device=str(device))
         rate = self.validator.score(loaded.model, self.progress, PUBLISHED_STAGE)
         del loaded
