@@ -92,3 +92,66 @@ def test_end_before_start_is_refused(tmp_path):
     sf.write(path, _tone(1.0, 16000), 16000)
     with pytest.raises(AudioError, match="not after"):
         load_audio(path, start=0.8, end=0.2)
+
+
+# -- files that decode only in part (issue 25) -------------------------------------------------
+
+
+def _cut(src, dst, fraction: float = 0.5):
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize(
+    "suffix,codec,rate,reason",
+    [(".wav", None, 16000, "header gives"), (".mp3", "libmp3lame", 16000, "header gives"),
+     (".flac", "flac", 44100, "header gives"), (".ogg", "libopus", 48000, "Ogg page")],
+)
+def test_a_file_cut_short_is_an_error_everywhere_unless_allowed(
+    tmp_path, suffix, codec, rate, reason
+):
+    from whispertune.audio import (
+        AudioStream,
+        PartialAudioError,
+        allow_partial_audio,
+        truncation_problem,
+    )
+
+    whole = tmp_path / f"whole{suffix}"
+    if codec is None:
+        sf.write(whole, _tone(4.0, rate), rate, subtype="PCM_16")
+    else:
+        _encode(whole, codec, rate, _tone(4.0, rate), layout="mono")
+    assert truncation_problem(whole) is None
+    cut = _cut(whole, tmp_path / f"cut{suffix}")
+    assert truncation_problem(cut) is not None  # data validate's cheap check
+    with pytest.raises(PartialAudioError, match=f"cut.*{reason}|cut short"):
+        load_audio(cut)
+    with pytest.raises(PartialAudioError, match="--allow-partial-audio"):
+        for _ in AudioStream(cut):
+            pass
+    with allow_partial_audio():
+        part = load_audio(cut)
+        streamed = np.concatenate(list(AudioStream(cut)))
+    assert 0.5 < len(part) / SAMPLE_RATE < 3.0 and abs(len(streamed) - len(part)) < 1600
+    assert len(load_audio(cut, allow_partial=True)) == len(part)
+
+
+def test_no_decodable_samples_is_an_error_but_a_valid_empty_wav_is_empty(tmp_path):
+    header_only = tmp_path / "header.wav"  # the 44-byte header of a 1 s WAV, no data
+    header_only.write_bytes(_write(tmp_path / "a.wav").read_bytes()[:44])
+    with pytest.raises(AudioError, match="no audio could be decoded of the 1.00 s"):
+        load_audio(header_only)
+    text = tmp_path / "notes.flac"
+    text.write_text("meeting notes\n" * 50)
+    with pytest.raises(AudioError, match="no audio could be decoded"):
+        load_audio(text)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    assert len(load_audio(empty)) == 0
+
+
+def _write(path):
+    sf.write(path, _tone(1.0, 16000), 16000, subtype="PCM_16")
+    return path
