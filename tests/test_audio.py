@@ -40,9 +40,15 @@ def _dominant_freq(audio: np.ndarray) -> float:
 
 @pytest.mark.parametrize(
     "suffix,codec,rate",
-    [(".mp3", "libmp3lame", 44100), (".m4a", "aac", 48000), (".ogg", "libopus", 48000),
-     (".webm", "libopus", 48000), (".opus", "libopus", 48000), (".mp3", "libmp3lame", 22050),
-     (".flac", "flac", 8000)],
+    [
+        (".mp3", "libmp3lame", 44100),
+        (".m4a", "aac", 48000),
+        (".ogg", "libopus", 48000),
+        (".webm", "libopus", 48000),
+        (".opus", "libopus", 48000),
+        (".mp3", "libmp3lame", 22050),
+        (".flac", "flac", 8000),
+    ],
 )
 def test_compressed_formats_resample_to_16k_mono(tmp_path, suffix, codec, rate):
     path = tmp_path / f"tone_{codec}{suffix}"
@@ -76,8 +82,10 @@ def test_real_speech_opus(shared_data):
     assert 0.01 < float(np.abs(audio).max()) <= 1.0
 
 
-@pytest.mark.parametrize("content,message", [(None, "not found"), (b"", "empty"),
-                                             (b"hello, this is text", "not a readable audio")])
+@pytest.mark.parametrize(
+    "content,message",
+    [(None, "not found"), (b"", "empty"), (b"hello, this is text", "not a readable audio")],
+)
 def test_bad_files_give_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.wav"
     if content is not None:
@@ -105,8 +113,12 @@ def _cut(src, dst, fraction: float = 0.5):
 
 @pytest.mark.parametrize(
     "suffix,codec,rate,reason",
-    [(".wav", None, 16000, "header gives"), (".mp3", "libmp3lame", 16000, "header gives"),
-     (".flac", "flac", 44100, "header gives"), (".ogg", "libopus", 48000, "Ogg page")],
+    [
+        (".wav", None, 16000, "header gives"),
+        (".mp3", "libmp3lame", 16000, "header gives"),
+        (".flac", "flac", 44100, "header gives"),
+        (".ogg", "libopus", 48000, "Ogg page"),
+    ],
 )
 def test_a_file_cut_short_is_an_error_everywhere_unless_allowed(
     tmp_path, suffix, codec, rate, reason
