@@ -236,6 +236,16 @@ class OptimOptions:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward: less memory, slower"}
     )
+    recompute_encoder_layers: bool = field(
+        default=True,
+        metadata={
+            "help": "on the encoder cache, the trained top encoder layers keep only their "
+            "input for the backward pass and run their forward again there (the same "
+            "gradients): at batch 8, 30 s windows, whisper-base, 2.4 GB less memory for "
+            "one more forward of those layers (docs/benchmarks.md). "
+            "--no-recompute-encoder-layers keeps the activations"
+        },
+    )
     precision: str = field(
         default="fp32",
         metadata={

@@ -593,7 +593,8 @@ class Trainer:
                 hidden = batch["encoder_hidden"].to(device)
                 if self.top_layers:
                     encoder = top_encoder(self.acc.unwrap_model(self.model))
-                    hidden = run_top_encoder(encoder, hidden, self.top_layers)
+                    recompute = self.o.optim.recompute_encoder_layers
+                    hidden = run_top_encoder(encoder, hidden, self.top_layers, recompute)
                 kwargs["encoder_outputs"] = (hidden,)
             else:
                 kwargs["input_features"] = batch["input_features"].to(device)
