@@ -264,7 +264,7 @@ class _Scores:
             return
         for text, logp in zip(todo, self.scorer.logprobs(todo), strict=True):
             logp = np.asarray(logp)
-            # the sum exactly as score_tokens sums it (float32, numpy's order)
+            # the sum exactly as score_tokens sums it (same array, numpy's order)
             self.total[text] = float(logp.sum())
             self.cumulative.append((self.tokens(text), np.cumsum(logp, dtype=np.float64).tolist()))
 

@@ -339,7 +339,9 @@ class CT2Transcriber(Transcriber):
         """Summed log-probabilities of each sequence's tokens (end of text left out)."""
         return [float(logp.sum()) for logp in self._token_logprobs(clip, prompt, seqs)]
 
-    def _token_logprobs(self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]) -> list:
+    def _token_logprobs(
+        self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]
+    ) -> list[np.ndarray]:
         """Log-probability of each token of each sequence (end of text left out), from
         CTranslate2's align over one copy of the clip's encoder output per sequence (align
         takes one encoder row per sequence; each costs a decoder pass whose cross-attention
