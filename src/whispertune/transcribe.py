@@ -70,6 +70,10 @@ logger = logging.getLogger(__name__)
 # shorter than this holds no word and only invites a hallucination.
 MIN_TAIL_SECONDS = 0.2
 STAGE = "transcribe"  # the ProgressEvent stage of every event sent from here
+# --first-span-seconds of the front ends that stream (the server, the desktop app): on the
+# 3.6-minute long-form file the first segment came after 6.2 s instead of 28.9 s (2 cores at
+# a load of 9), with the same CER (17.29 against 17.65 %); docs/server.md
+STREAM_FIRST_SPAN_SECONDS = 10.0
 
 
 @dataclass
@@ -102,8 +106,8 @@ class LongFormOptions:
         metadata={
             "help": "VAD: limit a file's first span to this many seconds (cut at a pause) and "
             "read only what it needs before decoding it, so that the first segments come "
-            "after a short decode (what a stream wants: the server streams with 10); 0 = "
-            "spans as the VAD groups them, up to 30 s"
+            "after a short decode (what a stream wants: the server and the desktop app use "
+            f"{STREAM_FIRST_SPAN_SECONDS:g}); 0 = spans as the VAD groups them, up to 30 s"
         },
     )
     condition_on_previous_text: bool = field(

@@ -24,6 +24,7 @@ from tests.gui.conftest import CLIP
 from whispertune import api
 from whispertune.audio import SAMPLE_RATE, load_audio
 from whispertune.gui.worker import GUI_BATCH_SIZE
+from whispertune.transcribe import STREAM_FIRST_SPAN_SECONDS
 
 LONGFORM = Path(__file__).resolve().parents[3] / "shared/data/longform/S0150_W0441-W0476.opus"
 
@@ -81,7 +82,8 @@ def test_clip_transcript_equals_the_library_and_saves_srt(qtbot, window, monkeyp
     assert window.queue.item(0, 2).text() == "Done"
     with api.load_model("builtin:base", backend="ct2") as model:
         expected = model.transcribe(CLIP, language="zh", beam_size=1, vad=True,
-                                    batch_size=GUI_BATCH_SIZE).result()
+                                    batch_size=GUI_BATCH_SIZE,
+                                    first_span_seconds=STREAM_FIRST_SPAN_SECONDS).result()
     got = [(s.start, s.end, s.text) for s in job.segments]
     assert got == [(s.start, s.end, s.text) for s in expected.segments]
     assert got and all(text for _, _, text in got)

@@ -24,9 +24,11 @@ def library_model():
 
 def expected(model, path, **decode) -> list[tuple[str, float, float]]:
     from whispertune.backends.base import DecodeOptions
-    from whispertune.transcribe import LongFormOptions, Pipeline
+    from whispertune.serve.options import ServeOptions
+    from whispertune.transcribe import Pipeline
 
-    pipeline = Pipeline(model.transcriber, DecodeOptions(**decode), LongFormOptions(),
+    # the server's long-form defaults: transcribe's, with --first-span-seconds 10
+    pipeline = Pipeline(model.transcriber, DecodeOptions(**decode), ServeOptions().long_form,
                         model=model.name)
     return [(s.text, round(s.start, 2), round(s.end, 2))
             for s in pipeline.stream(path).result().segments]

@@ -29,6 +29,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from whispertune.audio import AudioError
 from whispertune.errors import UserError
 from whispertune.progress import Cancelled, ProgressEvent, check_cancel
+from whispertune.transcribe import STREAM_FIRST_SPAN_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class RunSettings:
     beam_size: int = 5
     vad: bool = True
     batch_size: int = GUI_BATCH_SIZE
+    # a short first span: the first segments show after a short decode (as the server)
+    first_span_seconds: float = STREAM_FIRST_SPAN_SECONDS
 
     def overrides(self) -> dict[str, Any]:
         """Flat options for ``Model.transcribe`` (the CLI's names)."""
@@ -55,6 +58,7 @@ class RunSettings:
             "beam_size": self.beam_size,
             "batch_size": self.batch_size,
             "vad": self.vad,
+            "first_span_seconds": self.first_span_seconds,
         }
 
 

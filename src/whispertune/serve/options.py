@@ -3,7 +3,7 @@
 One dataclass, so that the flags, a ``--config`` YAML file and :func:`whispertune.serve.create_app`
 read the same defaults. The decode and long-form options are ``whispertune transcribe``'s own:
 a request that sets no field gets exactly the text ``whispertune transcribe`` writes with the
-same flags.
+same flags (the server's one different default: ``--first-span-seconds 10``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from whispertune.backends import DecodeOptions, ModelOptions
-from whispertune.transcribe import LongFormOptions
+from whispertune.transcribe import STREAM_FIRST_SPAN_SECONDS, LongFormOptions
 
 API_KEY_ENV = "WHISPERTUNE_API_KEY"
 
@@ -89,7 +89,12 @@ class ServeOptions:
         },
     )
     decode: DecodeOptions = field(default_factory=DecodeOptions)
-    long_form: LongFormOptions = field(default_factory=LongFormOptions)
+    # A file's first span is cut at 10 s (``--first-span-seconds``): the first streamed
+    # segment then waits for a short decode instead of a 30 s span's; the text of every
+    # route equals ``whispertune transcribe --first-span-seconds 10``.
+    long_form: LongFormOptions = field(
+        default_factory=lambda: LongFormOptions(first_span_seconds=STREAM_FIRST_SPAN_SECONDS)
+    )
 
     def resolved_api_key(self) -> str | None:
         """The key from the option, else from the environment; an empty string means none."""
