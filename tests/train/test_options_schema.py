@@ -21,7 +21,7 @@ def test_flat_names_fill_the_groups():
     assert str(o.data.train) == "t.jsonl" and str(o.run.output) == "runs/x"
     assert o.model == "builtin:base" and o.lora.method == "lora"
     names = options.option_names(TrainOptions)
-    assert len(names) == 63 and {"lora_r", "noise_snr", "holdout", "threads"} <= names
+    assert len(names) == 64 and {"lora_r", "noise_snr", "holdout", "threads"} <= names
     with pytest.raises(ConfigError, match="unknown option.*lora_rank.*known:.*lora_r"):
         options.build(TrainOptions, {**FLAT, "lora_rank": 4})
 
