@@ -51,7 +51,7 @@ def test_cli_flags_and_a_config_file(tmp_path):
 def test_schema_has_one_row_per_flag():
     rows = options.schema(TrainOptions)
     assert [r["name"] for r in rows][:3] == ["model", "train", "eval"]  # --help's order
-    assert {r["name"] for r in rows} == options.option_names(TrainOptions) and len(rows) == 63
+    assert {r["name"] for r in rows} == options.option_names(TrainOptions) and len(rows) == 64
     assert len({r["flag"] for r in rows}) == 63
     by_name = {r["name"]: r for r in rows}
     assert by_name["lora_r"] == {
