@@ -60,6 +60,12 @@ def test_health_models_page_and_docs(tiny_server):
     props = schema["components"]["schemas"][ref]["properties"]
     assert set(props) == {"audio", "to_simple", "remove_pun", "language", "task"}
     assert all(p.get("description") for p in props.values())
+    # /docs works offline: Swagger UI comes from the server, not a CDN, and needs no key
+    docs = httpx.get(f"{tiny_server.url}/docs", timeout=10)
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn.jsdelivr.net" not in docs.text and "/openapi.json" in docs.text
+    js = httpx.get(f"{tiny_server.url}/docs-assets/swagger-ui-bundle.js", timeout=10)
+    assert js.status_code == 200 and len(js.content) > 500_000
 
 
 def test_recognition_and_its_stream_give_the_same_segments(tiny_server, jfk):
@@ -282,6 +288,8 @@ def test_a_transformers_model_is_served_and_the_key_guards_all_but_health_and_pa
     try:
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
         assert httpx.get(f"{server.url}/", timeout=10).status_code == 200
+        for open_path in ("/docs", "/redoc", "/docs-assets/swagger-ui.css"):
+            assert httpx.get(f"{server.url}{open_path}", timeout=10).status_code == 200
         for key in (None, "wrong"):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             r = httpx.get(f"{server.url}/v1/models", headers=headers, timeout=10)

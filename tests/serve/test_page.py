@@ -78,6 +78,16 @@ def test_upload_and_record_in_a_real_browser(base_server, jfk, tmp_path, screens
             assert "fellow America" in recorded, recorded
             page.wait_for_timeout(400)
             page.screenshot(path=str(screenshots / "record.png"), full_page=True)
+
+            # the API docs render with every request off the server refused (no CDN)
+            outside: list[str] = []
+            page.route("**/*", lambda route: route.continue_()
+                       if route.request.url.startswith(base_server.url)
+                       else (outside.append(route.request.url), route.abort()))
+            page.goto(base_server.url + "/docs")
+            page.wait_for_selector(".opblock", timeout=30_000)
+            assert page.locator(".opblock").count() >= 6 and not outside, outside
+            sync_api.expect(page.locator("body")).to_contain_text("/recognition_stream")
         finally:
             browser.close()
     print(f"screenshots: {screenshots}")

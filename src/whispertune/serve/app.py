@@ -63,8 +63,8 @@ def create_app(model: Model, options: ServeOptions | None = None) -> FastAPI:
             recognizer.close()
             shutil.rmtree(tmp, ignore_errors=True)
 
-    app = FastAPI(title="whispertune server", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = _fastapi(title="whispertune server", version=__version__, description=DESCRIPTION,
+                   lifespan=lifespan)
     app.state.recognizer = recognizer
     app.state.options = options
     app.include_router(seed.router)
@@ -101,6 +101,20 @@ def create_app(model: Model, options: ServeOptions | None = None) -> FastAPI:
         max_upload_bytes=int(options.max_upload_mb * 1e6),
     )
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _fastapi(**kwargs: Any) -> FastAPI:
+    """FastAPI with /docs and /redoc served by the server itself (fastapi-offline, in the serve
+    extra): FastAPI's default pages load Swagger UI and ReDoc from a CDN, so on a machine
+    without internet access (where models are often served) they were blank."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        return FastAPI(**kwargs)
+    return FastAPIOffline(static_url=DOCS_ASSETS, **kwargs)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -37,6 +37,7 @@ TRANSCRIBE_PATHS = frozenset(
 # Routes anyone may read without the key: nothing in them is the server's or a user's data.
 OPEN_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json",
                         "/redoc", "/favicon.ico"})
+OPEN_PREFIX = "/docs-assets/"  # Swagger UI's own files, served for /docs
 CLIENT_CLOSED = 499  # nginx's code for a client that went away; only ever logged
 RETRY_AFTER_S = 2
 
@@ -128,7 +129,12 @@ class Gate:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if self.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+        if (
+            self.api_key is not None
+            and path not in OPEN_PATHS
+            and not path.startswith(OPEN_PREFIX)
+            and not self._authorized(scope)
+        ):
             await error_response(
                 path, 401, "a valid API key is required: send 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
