@@ -13,7 +13,9 @@ level: p50/p95 latency, clips/s, errors, the server's peak RSS (VmHWM, reset per
 CPU seconds per clip (the figure to compare when other jobs share the cores), mean batch,
 and CER against the references (normalized as ``whispertune evaluate`` does). Then the time to
 the first streamed segment of the 3.6-min long-form file (../shared/data/longform) on the idle
-server. A table with batched / one-at-a-time ratios is printed; ``--output`` writes JSON.
+server (``--longform-only``: that alone; the server streams with ``--first-span-seconds 10``,
+``--server-args --first-span-seconds 0`` for spans of up to 30 s). A table with batched /
+one-at-a-time ratios is printed; ``--output`` writes JSON.
 
 Loopback only and bounded: each level stops taking new clips after ``--level-timeout``
 seconds; the servers are stopped at the end.
@@ -248,6 +250,8 @@ def main() -> int:
     ap.add_argument("--level-timeout", type=float, default=900.0,
                     help="seconds after which a level sends no new clips")
     ap.add_argument("--no-longform", action="store_true")
+    ap.add_argument("--longform-only", action="store_true",
+                    help="only the time to the first streamed segment (no load levels)")
     ap.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
                     help="more 'whispertune serve' flags for both modes (last)")
     ap.add_argument("--output", type=Path)
@@ -269,7 +273,7 @@ def main() -> int:
             for mode, server in servers.items():
                 longform[mode] = first_segment(server, long_file, args.language)
                 print(f"{mode}: long-form {longform[mode]}", flush=True)
-        for c in args.concurrency:
+        for c in [] if args.longform_only else args.concurrency:
             for mode, server in servers.items():
                 level = run_level(server, mode, c, work, args.language, args.level_timeout)
                 levels.append(level)
