@@ -9,8 +9,13 @@ native bf16, (c) ``whispertune train --lora-scope decoder`` with the encoder-out
 (steady state, and with the one-off cache build counted over one epoch), (d) the default
 recipe without joining clips (LoRA r8 on the last 4 encoder layers, on the cache of their
 input, ``--pack-seconds 0``), (e) the default recipe: (d) with consecutive clips joined into
-windows of up to 30 s (samples/s counts clips, not windows). Each runs in its own
-process so peak RSS is its own. Prints samples/s, peak RSS and ratios against (a).
+windows of up to 30 s (samples/s counts clips, not windows), (e0) the default recipe as it
+was before issue 26: the top encoder layers' activations kept for backward
+(``--no-recompute-encoder-layers``) and glibc's heap keeping freed activations (its mmap
+threshold at the 32 MiB its dynamic threshold climbs to), (e') the default recipe in bf16
+where the CPU has native bf16. Each runs in its own
+process so peak RSS is its own. Prints samples/s, peak RSS and ratios against (a), and for
+(e') and (e0) against (e).
 """
 
 from __future__ import annotations
@@ -174,7 +179,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per row")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
-        "--rows", nargs="*", default=None, help="only these rows, e.g. a d e ((a) always runs)"
+        "--rows",
+        nargs="*",
+        default=None,
+        help="only these rows, e.g. a d e (e0 and e' bring e; without a, no ratios to it)",
     )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -200,8 +208,13 @@ def main() -> None:
     )
     rows.append(("(d) the defaults, one clip per window", "ours,pack_seconds=0"))
     rows.append(("(e) whispertune train defaults (recipe)", "ours"))
+    rows.append(("(e0) (e) as before issue 26", "ours,recompute_encoder_layers=false"))
+    if cpu_has_bf16():
+        rows.append(("(e') (e) in bf16", "ours,precision=bf16"))
     if args.rows:
-        wanted = {f"({r.strip('()')})" for r in args.rows} | {"(a)"}
+        wanted = {f"({r.strip('()')})" for r in args.rows}
+        if wanted & {"(e0)", "(e')"}:
+            wanted.add("(e)")  # their ratios are against it
         rows = [r for r in rows if r[0].split()[0] in wanted]
     results = []
     for name, spec in rows:
@@ -217,13 +230,18 @@ def main() -> None:
             "--batch-size",
             str(args.batch_size),
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        env = dict(os.environ)
+        if name.startswith("(e0)"):  # glibc's heap as it was: large freed blocks kept
+            env["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(f"{name}: failed\n{out.stderr[-2000:]}")
             continue
         results.append((name, json.loads(line[7:])))
-    peer = results[0][1]
+    # without (a) (its 10 GB do not fit beside other jobs), ratios against it are left out
+    peer = results[0][1] if results and results[0][0].startswith("(a)") else None
+    recipe = next((r for name, r in results if name.startswith("(e) ")), None)
     print(
         f"built-in base, batch {args.batch_size}, {args.steps} timed steps, "
         f"{os.cpu_count()} CPU threads, LoRA r=32 on {','.join(LORA_TARGETS)} "
@@ -232,16 +250,24 @@ def main() -> None:
     print(f"| {'runner':46s} | samples/s | x (a) | peak RSS GiB | x (a) |")
     print(f"|{'-' * 48}|-----------|-------|--------------|-------|")
     for name, r in results:
+        speed = f"{r['samples_per_s'] / peer['samples_per_s']:5.2f}" if peer else "    -"
+        memory = f"{r['peak_rss_gib'] / peer['peak_rss_gib']:5.2f}" if peer else "    -"
         print(
-            f"| {name:46s} | {r['samples_per_s']:9.2f} | "
-            f"{r['samples_per_s'] / peer['samples_per_s']:5.2f} "
-            f"| {r['peak_rss_gib']:12.2f} | {r['peak_rss_gib'] / peer['peak_rss_gib']:5.2f} |"
+            f"| {name:46s} | {r['samples_per_s']:9.2f} | {speed} "
+            f"| {r['peak_rss_gib']:12.2f} | {memory} |"
         )
+        if name.startswith(("(e0)", "(e')")) and recipe is not None:
+            print(
+                f"| {'   ... against (e)':46s} | {'':9s} | "
+                f"{r['samples_per_s'] / recipe['samples_per_s']:5.2f} | {'':12s} | "
+                f"{r['peak_rss_gib'] / recipe['peak_rss_gib']:5.2f} |"
+            )
         if "cache_seconds_per_clip" in r:
             per_epoch = 1 / (1 / r["samples_per_s"] + r["cache_seconds_per_clip"])
+            speed = f"{per_epoch / peer['samples_per_s']:5.2f}" if peer else "    -"
             print(
                 f"| {'   ... cache build counted over one epoch':46s} | {per_epoch:9.2f} | "
-                f"{per_epoch / peer['samples_per_s']:5.2f} |              |       |"
+                f"{speed} |              |       |"
             )
 
 
