@@ -7,7 +7,9 @@ whisper.cpp — same weights (built-in whisper-base), same audio, beam 5, same C
 Dataset part: the AISHELL test split (the last 56 lines of
 ../shared/data/zh/aishell_s0150/manifest.jsonl, W0441-W0496; the bundled sample otherwise),
 language given (zh), one row per runner: clips/s, RTF, CER, peak RSS, and the ratio of clips/s
-to faster-whisper's ``WhisperModel.transcribe`` loop (the peer).
+to faster-whisper's ``WhisperModel.transcribe`` loop (the peer). Our rows: ``evaluate`` as it
+decodes Mandarin by default (rescored), with ``--no-rescore``, and with rescoring as it was
+before it pruned candidates; the line under the table is what rescoring adds to the time.
 
 Long-form part: ../shared/data/longform (3.6 min of Mandarin): our two long-form modes against
 faster-whisper's sequential ``transcribe`` and its ``BatchedInferencePipeline``: RTF, CER of
@@ -35,6 +37,8 @@ SHARED = REPO.parent / "shared" / "data"
 BUNDLED = REPO / "src/whispertune/samples/aishell_s0150/test.jsonl"
 LONGFORM = SHARED / "longform" / "manifest.jsonl"
 PEER = "faster-whisper transcribe loop"
+RESCORED = "whispertune ct2 batched (evaluate: Mandarin rescored, the default)"
+PLAIN = "whispertune ct2 batched --no-rescore"
 LONG_PEER = "faster-whisper BatchedInferencePipeline"
 
 
@@ -114,9 +118,18 @@ def ds_faster_whisper(manifest: Path, model_dir: str, threads: int, preload: boo
     return {"wall": wall, "hyps": hyps, "refs": [s.text for s in samples]}
 
 
-def ds_ours(manifest: Path, model: str, threads: int, **extra) -> dict:
+def ds_ours(
+    manifest: Path, model: str, threads: int, every_candidate: bool = False, **extra
+) -> dict:
+    """``evaluate`` as a user runs it; ``extra`` are its options (``rescore=False``...).
+    ``every_candidate``: rescoring as it was before it pruned (every candidate of a clip
+    scored in one align call), for the before/after ratio in one run."""
     from whispertune import api
 
+    if every_candidate:
+        from whispertune.backends.ct2 import CT2Transcriber
+
+        CT2Transcriber.scores_per_token = False  # rescoring then scores every candidate
     values = {"language": "zh", "beam_size": 5, **extra}
     with api.load_model(model, threads=threads) as loaded:  # timed after the load, as
         clock_start()  # evaluate() times itself
@@ -235,7 +248,11 @@ def runners(args, manifest: Path, workdir: Path) -> dict:
         "dataset": {
             PEER: lambda: ds_faster_whisper(manifest, model_dir, t, preload=False),
             PEER + " (audio preloaded)": lambda: ds_faster_whisper(manifest, model_dir, t, True),
-            "whispertune ct2 batched": lambda: ds_ours(manifest, args.model, t),
+            RESCORED: lambda: ds_ours(manifest, args.model, t),
+            PLAIN: lambda: ds_ours(manifest, args.model, t, rescore=False),
+            RESCORED + ", every candidate scored (before pruning)": lambda: ds_ours(
+                manifest, args.model, t, every_candidate=True
+            ),
             "whispertune ct2 batched --pack": lambda: ds_ours(manifest, args.model, t, pack=True),
             f"transformers pipeline fp32 (first {args.slow_limit} clips)": lambda: (
                 ds_transformers_pipeline(manifest, args.model, t, 4, args.slow_limit)
@@ -379,6 +396,11 @@ def print_dataset(rows, args, run, manifest: Path) -> None:
             f"| {name} | {clips_s:.2f} | {ratio} | {rtf:.3f} | {cpu_clip:.2f} | {cpu_ratio} | "
             f"{cer(r['refs'], r['hyps']) * 100:.2f} | {r['rss_mb']:.0f} |"
         )
+    ok = {n: r for n, r in rows if "error" not in r}
+    if RESCORED in ok and PLAIN in ok:
+        wall = ok[RESCORED]["wall"] / ok[PLAIN]["wall"] - 1
+        cpu = ok[RESCORED]["cpu"] / ok[PLAIN]["cpu"] - 1
+        print(f"\nrescoring adds {wall * 100:.0f} % to --no-rescore's time ({cpu * 100:.0f} % CPU)")
 
 
 def print_longform(rows, args, run) -> None:
