@@ -953,8 +953,8 @@ def train(
     step was trained, the partial cache is deleted).
 
     Process-wide state: the torch thread count (``threads``), the RNG states and accelerate's
-    state are restored on return, error or cancel. One change stays: a run whose steps go
-    through the whole encoder (no encoder cache) fixes glibc's mmap threshold at 1 MiB
+    state are restored on return, error or cancel. One change stays: a run fixes glibc's
+    mmap threshold at 1 MiB
     (:func:`~whispertune.train.hardware.return_freed_activations_to_the_os`), which glibc
     offers no way to undo; it only makes large freed buffers go back to the OS.
     """
