@@ -555,9 +555,7 @@ class MainWindow(QMainWindow):
         if job is None or job.request is None:
             return
         job.request.cancel.set()
-        self.progress.setFormat("cancelled")
-        self._end(job, "Cancelled", f"{job.path.name}: cancelled after "
-                  f"{_duration_text(job.done)} ({len(job.segments)} segments kept)")
+        self._on_cancelled(job.id)  # what the worker's own confirmation would do, now
 
     def _current(self, job_id: int) -> Job | None:
         """The running job if the signal is about it (late signals of a cancelled or
