@@ -226,6 +226,8 @@ def choose(
     """
     _tokenizer()  # the tables read below, built once under the lock (see _load_tokenizer)
     cands = candidates(hypotheses)
+    if len(cands) <= 1:  # nothing to choose between: no acoustic pass
+        return Choice(cands[0].text if cands else "", 0, 0)
     texts = [c.text for c in cands]
     lm = [word_logprob(t) + char_bonus * len(_comparable(t)) for t in texts]
     if isinstance(acoustic, TokenScorer):

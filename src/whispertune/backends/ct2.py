@@ -30,6 +30,7 @@ from whispertune.backends.base import (
     Transcript,
     Word,
 )
+from whispertune.backends.decoder_scorer import ClipScores, scorer_for
 from whispertune.backends.decoding import (
     MAX_TARGET_TOKENS,
     avg_logprob_from_score,
@@ -89,12 +90,15 @@ class _Encoded(EncodedClip):
     feats: np.ndarray
     index: int
     frames: int  # 10 ms frames of the clip's audio (align needs it; its probabilities do not)
+    scores: ClipScores | None = None  # the rescoring decoder's state, made on first use
 
 
 class CT2Transcriber(Transcriber):
     name = "ct2"
     supports_word_timestamps = True
-    scores_end_of_text = False  # CTranslate2's align scores the text tokens only
+    # On the CPU candidates are scored by the model's decoder in torch (decoder_scorer), end
+    # of text included; on a GPU by CTranslate2's align, which scores the text tokens only.
+    scores_end_of_text = True
     scores_per_token = True
 
     def __init__(
@@ -123,6 +127,7 @@ class CT2Transcriber(Transcriber):
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
         threads = max(1, threads // workers)
+        self.threads_per_worker = threads
         try:
             # faster-whisper's loader: the CTranslate2 model plus the tokenizer and feature
             # extractor configured from the directory's preprocessor_config.json.
@@ -139,6 +144,7 @@ class CT2Transcriber(Transcriber):
                 f"cannot load {self.model_dir} with compute type {compute_type}: {e}"
             ) from e
         self.model = self.fw.model
+        self.scores_end_of_text = device == "cpu"
         if workers > 1:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2-worker")
         self.device = device
@@ -307,9 +313,11 @@ class CT2Transcriber(Transcriber):
                         self.hf_tokenizer.decode([x for x in ids if x < self.eot]).strip()
                         for ids in beams
                     ]
-                    totals = [
-                        score * len(ids) for ids, score in zip(beams, res.scores, strict=True)
-                    ]
+                    totals = None
+                    if not self.scores_end_of_text:
+                        totals = [
+                            score * len(ids) for ids, score in zip(beams, res.scores, strict=True)
+                        ]
                     t.text, t.tokens = rescore_text(self, clip, prompts[i], hypotheses, totals)
                 if timestamps:
                     t.segments, t.consumed = split_timestamped(
@@ -342,12 +350,18 @@ class CT2Transcriber(Transcriber):
     def _token_logprobs(
         self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]
     ) -> list[np.ndarray]:
-        """Log-probability of each token of each sequence (end of text left out), from
-        CTranslate2's align over one copy of the clip's encoder output per sequence (align
-        takes one encoder row per sequence; each costs a decoder pass whose cross-attention
-        projects the whole 30 s window, which is why rescoring scores few sequences)."""
+        """Log-probability of each token of each sequence. On the CPU: the model's decoder
+        in torch (decoder_scorer: the clip's cross-attention projected once, shared starts
+        computed once), the end of text as the last term. On a GPU: CTranslate2's align over
+        one copy of the clip's encoder output per sequence (each copy is projected again),
+        text tokens only."""
         import ctranslate2
 
+        if self.scores_end_of_text:
+            scorer = scorer_for(self.model_dir, self.eot, self.threads_per_worker)
+            if clip.scores is None:
+                clip.scores = scorer.clip(np.asarray(clip.encoded)[clip.index])
+            return scorer.logprobs(clip.scores, prompt, seqs)
         if self.device == "cpu":
             one = np.asarray(clip.encoded)[clip.index : clip.index + 1]
             repeated = ctranslate2.StorageView.from_array(

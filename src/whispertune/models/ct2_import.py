@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -62,7 +63,13 @@ def read_ct2_model(path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     arrays are returned as float32.
     """
     path = Path(path)
-    buf = memoryview(path.read_bytes())
+    try:
+        # mapped, not read: the arrays are views of the file (its 145 MB for base are not
+        # copied into the heap only to be converted and dropped)
+        with open(path, "rb") as f:
+            buf = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    except ValueError:  # an empty file cannot be mapped
+        buf = memoryview(b"")
     offset = 0
 
     def take(fmt: str):
@@ -124,10 +131,13 @@ def _f32(variables: dict[str, np.ndarray], name: str) -> np.ndarray:
     return variables[name].astype(np.float32)
 
 
-def ct2_to_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+def ct2_to_state_dict(
+    variables: dict[str, np.ndarray], sides: tuple[str, ...] = ("encoder", "decoder")
+) -> tuple[dict[str, np.ndarray], dict]:
     """Map CTranslate2 Whisper variables onto ``WhisperForConditionalGeneration`` parameter names.
 
-    Returns the state dict and the shape facts needed for a WhisperConfig.
+    Returns the state dict and the shape facts needed for a WhisperConfig. ``sides``: the
+    halves to convert (rescoring reads the decoder only: the encoder would be 80 MB more).
     """
     sd: dict[str, np.ndarray] = {}
     layer_re = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
@@ -158,18 +168,21 @@ def ct2_to_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.nd
             if n != "k_proj":  # Whisper's key projections have no bias (CT2 stores zeros)
                 sd[f"{dst_prefix}.{n}.bias"] = b[i * d_model : (i + 1) * d_model]
 
-    for side in ("encoder", "decoder"):
+    for side in sides:
         sd[f"model.{side}.embed_positions.weight"] = _f32(
             variables, f"{side}/position_encodings/encodings"
         )
         norm(f"model.{side}.layer_norm", f"{side}/layer_norm")
-    for conv in ("conv1", "conv2"):
+    for conv in ("conv1", "conv2") if "encoder" in sides else ():
         sd[f"model.encoder.{conv}.weight"] = _weight(variables, f"encoder/{conv}")
         sd[f"model.encoder.{conv}.bias"] = _f32(variables, f"encoder/{conv}/bias")
-    sd["model.decoder.embed_tokens.weight"] = _weight(variables, "decoder/embeddings")
+    if "decoder" in sides:
+        sd["model.decoder.embed_tokens.weight"] = _weight(variables, "decoder/embeddings")
 
     # Encoder and decoder layers alike; a decoder layer adds cross-attention between the two.
     for side, layers in (("encoder", n_enc), ("decoder", n_dec)):
+        if side not in sides:
+            continue
         for i in range(layers):
             src, dst = f"{side}/layer_{i}", f"model.{side}.layers.{i}"
             qkv = ("q_proj", "k_proj", "v_proj")

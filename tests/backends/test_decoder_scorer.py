@@ -1,0 +1,82 @@
+"""The rescoring decoder (backends.decoder_scorer) gives the log-probabilities transformers'
+Whisper gives, end of text included, whatever was scored before for the same clip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from whispertune.backends.decoder_scorer import DecoderScorer
+
+PROMPT = [50258, 50259, 50359, 50363]  # tokens of the tiny model's vocabulary (see tests.tiny)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_ct2_dir):
+    """The tiny model in transformers, its encoder output for a random clip, and a
+    function giving log P(token | tokens before) at each position of a sequence."""
+    from transformers import WhisperForConditionalGeneration
+
+    hf = WhisperForConditionalGeneration.from_pretrained(tiny_ct2_dir.parent / "hf").eval()
+    frames = hf.config.max_source_positions
+    rng = np.random.default_rng(0)
+    encoded = rng.standard_normal((frames, hf.config.d_model)).astype(np.float32)
+    eot = hf.config.eos_token_id
+
+    def logprobs(tokens: list[int]) -> np.ndarray:
+        ids = torch.tensor([PROMPT + tokens])
+        with torch.inference_mode():
+            out = hf(decoder_input_ids=ids, encoder_outputs=(torch.from_numpy(encoded[None]),))
+        lp = torch.log_softmax(out.logits[0].double(), -1)[len(PROMPT) - 1 :]
+        return np.array([float(lp[i, t]) for i, t in enumerate(tokens + [eot])])
+
+    return encoded, eot, logprobs
+
+
+SEQUENCES = [
+    [300, 301, 302, 303, 304, 305],
+    [300, 301, 302],  # a strict prefix of the first
+    [300, 301, 302, 303, 304, 305, 306, 307],  # the first, extended
+    [300, 301, 402, 403, 304, 305],  # the first with a run replaced (a homophone variant)
+    [900, 901],  # nothing in common
+]
+
+
+@pytest.mark.parametrize("precision", ["float16", "float32"])
+def test_log_probabilities_are_transformers_whatever_was_scored_before(
+    tiny_ct2_dir, reference, precision
+):
+    encoded, eot, want = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot, precision=precision)
+    # float16 packs the weights: exact for float16 checkpoints, near for this float32 one
+    tol = 1e-4 if precision == "float32" else 1e-3
+    expected = [want(s) for s in SEQUENCES]
+    # all in one clip state, in two orders: later sequences reuse earlier ones' starts
+    for order in (range(len(SEQUENCES)), reversed(range(len(SEQUENCES)))):
+        state = scorer.clip(encoded)
+        got = {i: scorer.logprobs(state, PROMPT, [SEQUENCES[i]])[0] for i in order}
+        for i, seq in enumerate(SEQUENCES):
+            assert got[i].shape == (len(seq) + 1,)  # every token, then the end of text
+            np.testing.assert_allclose(got[i], expected[i], atol=tol)
+    # and each alone, in a fresh state: the same values as when sharing
+    for i, seq in enumerate(SEQUENCES):
+        alone = scorer.logprobs(scorer.clip(encoded), PROMPT, [seq])[0]
+        np.testing.assert_allclose(alone, got[i], atol=1e-4)
+
+
+def test_a_sequence_scored_twice_is_computed_once(tiny_ct2_dir, reference):
+    encoded, eot, _ = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot)
+    state = scorer.clip(encoded)
+    first = scorer.logprobs(state, PROMPT, [SEQUENCES[0], SEQUENCES[0]])
+    assert len(state.scored) == 1
+    np.testing.assert_array_equal(first[0], first[1])
+
+
+def test_too_long_a_sequence_is_refused(tiny_ct2_dir, reference):
+    encoded, eot, _ = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot)
+    limit = scorer.positions.shape[0]
+    with pytest.raises(ValueError, match="more than the decoder's"):
+        scorer.logprobs(scorer.clip(encoded), PROMPT, [[300] * limit])
