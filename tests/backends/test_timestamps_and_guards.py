@@ -117,7 +117,8 @@ def test_fallback_redecodes_only_failing_clips_and_keeps_best(tiny_ct2):
 
 def test_score_tokens_takes_audio_or_the_decodes_encoding(tiny_ct2):
     """Rescoring's one acoustic method: the same scores from raw audio as from the encoder
-    output a decode keeps, one per sequence, higher for the sequence the model prefers."""
+    output a decode keeps, one per sequence; on the CPU each is its tokens' log-probabilities
+    and then the end of text's, and a sequence that starts like another has its terms there."""
     rng = np.random.default_rng(2)
     audio = (rng.standard_normal(16000 * 3) * 0.1).astype(np.float32)
     tk = tiny_ct2._tokenizer("zh", "transcribe")
@@ -127,5 +128,8 @@ def test_score_tokens_takes_audio_or_the_decodes_encoding(tiny_ct2):
     from_encoding = tiny_ct2.score_tokens(tiny_ct2._encode_clip(audio), prompt, seqs)
     assert from_audio == pytest.approx(from_encoding) and len(from_audio) == 3
     assert all(s < 0 for s in from_audio)
-    assert from_audio[1] < from_audio[0]  # one more token, one more probability < 1
-    assert not tiny_ct2.scores_end_of_text
+    assert tiny_ct2.scores_end_of_text
+    terms = tiny_ct2.token_logprobs(audio, prompt, seqs)
+    assert [len(t) for t in terms] == [3, 4, 2]  # each token, then the end of text
+    assert from_audio == pytest.approx([float(t.sum()) for t in terms])
+    np.testing.assert_allclose(terms[1][:2], terms[0][:2], atol=1e-5)  # the same start
