@@ -188,10 +188,10 @@ class TokenScorer:
 
     Why per token: the decoder is causal, so a candidate that starts with the same tokens as
     a text already scored has the same log-probabilities on that prefix, and every later token
-    adds a log-probability <= 0. That bounds the candidate's acoustic score before it is
-    scored, and most candidates are shown to lose without scoring them: on CTranslate2 each
-    scored text costs a decoder pass whose cross-attention projects the whole 30 s encoder
-    output (about a tenth of an encoder pass), which was most of rescoring's time.
+    adds a log-probability <= 0 (the end of text too, where the backend scores it). That
+    bounds the candidate's acoustic score before it is scored, and about half of the
+    candidates are shown to lose without scoring them (each scored text costs the decoder
+    positions it does not share with one scored before: backends/decoder_scorer.py).
     """
 
     logprobs: Callable[[Sequence[str]], Sequence[np.ndarray]]
