@@ -239,10 +239,10 @@ class OptimOptions:
     recompute_encoder_layers: bool = field(
         default=True,
         metadata={
-            "help": "on the encoder cache, the MLP blocks of the trained top encoder layers "
-            "keep only their input for the backward pass and run their forward again there "
-            "(the same gradients): at batch 8, 30 s windows, whisper-base, about 1.4 GB "
-            "less memory for a quarter more time a step (docs/benchmarks.md). "
+            "help": "on the encoder cache, the trained top encoder layers keep only their "
+            "input for the backward pass and run their forward again there (the same "
+            "gradients): at batch 8, 30 s windows, whisper-base, 2.4 GB less memory for "
+            "one more forward of those layers (docs/benchmarks.md). "
             "--no-recompute-encoder-layers keeps the activations"
         },
     )

@@ -184,39 +184,20 @@ def run_top_encoder(
     """Finish the encoder from the input of its last ``trained_layers`` layers (what the cache
     holds), the same computation as ``WhisperEncoder.forward`` from that layer on.
 
-    ``recompute`` (in training): each layer's MLP block keeps only its input for the backward
-    pass and runs its forward again there (activation checkpointing, dropout masks replayed
-    from the saved RNG state, so the gradients are the same). Why the MLP: at batch 8 a 30 s
-    window's layer keeps ~0.6 GB of activations for backward, and most of it is the
-    2048-wide MLP's (its GELU input and output, fc2's LoRA dropout copy); recomputing it costs
-    under half a layer's forward. Recomputing the whole layer saved 0.7 GiB more for 3x that
-    cost (one step of the default recipe, batch 8, 2 cores: 17.7 s keeping everything, 22.0 s
-    recomputing the MLPs, 25.5 s recomputing whole layers; bf16 13.3 / 15.2 / 19.4 s).
+    ``recompute`` (in training): each layer keeps only its input for the backward pass and
+    runs its forward again there (activation checkpointing, dropout masks replayed from the
+    saved RNG state, so the gradients are the same). Why: at batch 8 a 30 s window's layer
+    keeps ~0.6 GB of activations for backward (the 2048-wide MLP, its GELU and the LoRA
+    dropout copies), 2.4 GB for 4 layers, most of a step's memory; the recomputed forward
+    costs less than that memory costs in page faults and allocator retention. Recomputing
+    only the MLP blocks was measured too (one step, batch 8, 2 cores: 22.0 s against 25.5 s,
+    but 3.1 GiB at its peak against 1.95: over the 3 GB a default run may take).
     """
+    from torch.utils.checkpoint import checkpoint
+
     for layer in encoder.layers[-trained_layers:]:
         if recompute and torch.is_grad_enabled() and layer.training:
-            hidden = _layer_with_mlp_recomputed(layer, hidden)
+            hidden = checkpoint(layer, hidden, None, use_reentrant=False)
         else:
             hidden = layer(hidden, None)
     return encoder.layer_norm(hidden)
-
-
-def _layer_with_mlp_recomputed(layer, hidden: torch.Tensor) -> torch.Tensor:
-    """``WhisperEncoderLayer.forward`` (pre-norm attention, then pre-norm MLP, each with a
-    residual) with the MLP block checkpointed. A test compares its losses and gradients with
-    the layer's own forward bit for bit, so a change in transformers' layer shows there."""
-    from torch.nn import functional as F
-    from torch.utils.checkpoint import checkpoint
-
-    h = layer.self_attn_layer_norm(hidden)
-    h, _ = layer.self_attn(hidden_states=h, attention_mask=None)
-    hidden = hidden + F.dropout(h, p=layer.dropout, training=layer.training)
-    return hidden + checkpoint(_mlp, layer, hidden, use_reentrant=False)
-
-
-def _mlp(layer, hidden: torch.Tensor) -> torch.Tensor:
-    from torch.nn import functional as F
-
-    h = layer.activation_fn(layer.fc1(layer.final_layer_norm(hidden)))
-    h = F.dropout(h, p=layer.activation_dropout, training=layer.training)
-    return F.dropout(layer.fc2(h), p=layer.dropout, training=layer.training)
