@@ -80,3 +80,15 @@ def test_too_long_a_sequence_is_refused(tiny_ct2_dir, reference):
     limit = scorer.positions.shape[0]
     with pytest.raises(ValueError, match="more than the decoder's"):
         scorer.logprobs(scorer.clip(encoded), PROMPT, [[300] * limit])
+
+
+def test_without_fbgemm_it_scores_in_float32(tiny_ct2_dir, reference, monkeypatch):
+    """ARM builds of torch have no packed float16 linear: the scorer falls back to float32."""
+    from whispertune.backends import decoder_scorer
+
+    encoded, eot, want = reference
+    monkeypatch.setattr(decoder_scorer, "packed_float16_available", lambda: False)
+    scorer = DecoderScorer(tiny_ct2_dir, eot)
+    assert scorer.output.precision == "float32"
+    got = scorer.logprobs(scorer.clip(encoded), PROMPT, [SEQUENCES[0]])[0]
+    np.testing.assert_allclose(got, want(SEQUENCES[0]), atol=1e-4)

@@ -64,6 +64,19 @@ class _Linear:
 PRECISIONS = ("float16", "float32")
 
 
+def packed_float16_available() -> bool:
+    """fbgemm (x86 builds of torch) has the packed float16 linear; ARM builds do not, and
+    score in float32 instead (slower, the same scores)."""
+    import torch
+
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.zeros(1, 1), None)
+        torch.ops.quantized.linear_dynamic_fp16(torch.zeros(1, 1), packed)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
+
+
 @dataclass
 class _Layer:
     self_qkv: _Linear  # q, k, v fused (the key bias zero, as in Whisper)
@@ -104,6 +117,9 @@ class DecoderScorer:
 
         from whispertune.models.ct2_import import ct2_to_state_dict, read_ct2_model
 
+        if precision == "float16" and not packed_float16_available():
+            logger.info("fbgemm's float16 linear is not in this torch build: scoring in float32")
+            precision = "float32"
         _, variables = read_ct2_model(Path(ct2_dir) / "model.bin")
         sd, shape = ct2_to_state_dict(variables, sides=("decoder",))
 
