@@ -198,6 +198,17 @@ class TokenScorer:
     tokens: Callable[[str], Sequence[int]]
 
 
+def shared_start(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens two sequences share from their start: the part of a candidate whose
+    decoder log-probabilities are those of a text already scored."""
+    k = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        k += 1
+    return k
+
+
 # Float noise allowed between two scorings of the same tokens (other batch, other padding) and
 # in a rounding of the totals: a candidate is dropped unscored only when even its upper bound
 # is below the best exact total by more than this.
@@ -278,11 +289,7 @@ class _Scores:
         tokens = self.tokens(text)
         bound = 0.0
         for other, cum in self.cumulative:
-            k = 0
-            for a, b in zip(tokens, other, strict=False):
-                if a != b:
-                    break
-                k += 1
+            k = shared_start(tokens, other)
             if k:
                 bound = min(bound, cum[k - 1])
         return bound + _MARGIN

@@ -30,7 +30,7 @@ from whispertune.backends.base import (
     Transcript,
     Word,
 )
-from whispertune.backends.decoder_scorer import ClipScores, scorer_for
+from whispertune.backends.decoder_scorer import ClipScores, DecoderScorer, scorer_for
 from whispertune.backends.decoding import (
     MAX_TARGET_TOKENS,
     avg_logprob_from_score,
@@ -145,6 +145,7 @@ class CT2Transcriber(Transcriber):
             ) from e
         self.model = self.fw.model
         self.scores_end_of_text = device == "cpu"
+        self._scorer: DecoderScorer | None = None  # rescoring's decoder, on first use
         if workers > 1:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2-worker")
         self.device = device
@@ -344,7 +345,8 @@ class CT2Transcriber(Transcriber):
         return _Encoded(self._encode(feats), feats, 0, min(N_FRAMES, max(1, len(audio) // HOP)))
 
     def _score_tokens(self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]) -> list[float]:
-        """Summed log-probabilities of each sequence's tokens (end of text left out)."""
+        """Summed log-probabilities of each sequence's tokens (and of the end of text after
+        it, where ``scores_end_of_text``: on the CPU)."""
         return [float(logp.sum()) for logp in self._token_logprobs(clip, prompt, seqs)]
 
     def _token_logprobs(
@@ -355,21 +357,15 @@ class CT2Transcriber(Transcriber):
         computed once), the end of text as the last term. On a GPU: CTranslate2's align over
         one copy of the clip's encoder output per sequence (each copy is projected again),
         text tokens only."""
-        import ctranslate2
-
-        if self.scores_end_of_text:
-            scorer = scorer_for(self.model_dir, self.eot, self.threads_per_worker)
+        if self.scores_end_of_text:  # on the CPU
+            if self._scorer is None:  # the workers may race here: scorer_for gives them one
+                self._scorer = scorer_for(self.model_dir, self.eot, self.threads_per_worker)
             if clip.scores is None:
-                clip.scores = scorer.clip(np.asarray(clip.encoded)[clip.index])
-            return scorer.logprobs(clip.scores, prompt, seqs)
-        if self.device == "cpu":
-            one = np.asarray(clip.encoded)[clip.index : clip.index + 1]
-            repeated = ctranslate2.StorageView.from_array(
-                np.ascontiguousarray(np.repeat(one, len(seqs), 0))
-            )
-        else:
-            row = clip.feats[clip.index : clip.index + 1]
-            repeated = self._encode(np.ascontiguousarray(np.repeat(row, len(seqs), 0)))
+                clip.scores = self._scorer.clip(np.asarray(clip.encoded)[clip.index])
+            return self._scorer.logprobs(clip.scores, prompt, seqs)
+        # on a GPU the encoder output stays on the device: encode one copy per sequence
+        row = clip.feats[clip.index : clip.index + 1]
+        repeated = self._encode(np.ascontiguousarray(np.repeat(row, len(seqs), 0)))
         aligned = self.model.align(repeated, prompt, seqs, clip.frames)
         return [np.log(np.maximum(r.text_token_probs, 1e-12)) for r in aligned]
 

@@ -10,8 +10,9 @@ every text; a text that starts like one already scored reuses that one's self-at
 cache and computes only its own tail; and each text gets its full-vocabulary
 log-probabilities, end of text included.
 
-The weights are the model's own (read from the CTranslate2 directory the backend decodes
-with, in float32: CTranslate2 computes in int8). Plain torch, no transformers: the decoder is
+The weights are the model's own, read from the CTranslate2 directory the backend decodes
+with and packed in float16 (the checkpoint's own precision) with float32 arithmetic, where
+CTranslate2 computes in int8. Plain torch, no transformers: the decoder is
 six pre-norm blocks and the scorer needs none of generate's machinery.
 """
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from whispertune.rescoring import shared_start
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +64,6 @@ class _Linear:
         return F.linear(x, self.weight, self.bias)
 
 
-PRECISIONS = ("float16", "float32")
-
-
 def packed_float16_available() -> bool:
     """fbgemm (x86 builds of torch) has the packed float16 linear; ARM builds do not, and
     score in float32 instead (slower, the same scores)."""
@@ -96,7 +96,7 @@ class _Scored:
     """One token sequence scored for a clip: what a later sequence with the same start reuses."""
 
     tokens: tuple[int, ...]
-    keys: list  # per layer: self-attention keys [heads, T, head_dim]
+    keys: list  # per layer: self-attention keys [1, heads, T, head_dim]
     values: list
     next_logprob: np.ndarray  # [T]: log P(tokens[j + 1] | tokens[: j + 1]); last: end of text
 
@@ -105,7 +105,7 @@ class _Scored:
 class ClipScores:
     """The per-clip state: cross-attention keys/values and the sequences scored so far."""
 
-    cross: list  # per layer: (keys, values) [heads, frames, head_dim]
+    cross: list  # per layer: (keys, values) [1, heads, frames, head_dim]
     scored: list[_Scored] = field(default_factory=list)
 
 
@@ -150,7 +150,6 @@ class DecoderScorer:
         self.d_model = shape["d_model"]
         self.heads = shape["decoder_attention_heads"]
         self.eot = eot
-        self.precision = precision
         embed = t("model.decoder.embed_tokens.weight")
         self.output = _Linear(embed, None, precision)  # tied to the embedding, as in Whisper
         self.embed = embed.half() if precision == "float16" else embed  # rows read as float32
@@ -213,7 +212,7 @@ class DecoderScorer:
         # the scored sequence sharing the longest start with this one
         base, shared = None, 0
         for s in state.scored:
-            k = _common_prefix(s.tokens, tokens)
+            k = shared_start(s.tokens, tokens)
             if k > shared:
                 base, shared = s, k
         if base is not None and shared == len(tokens) == len(base.tokens):
@@ -279,15 +278,6 @@ class DecoderScorer:
 
     def _merge(self, x):
         return x.transpose(1, 2).reshape(x.shape[2], -1)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    k = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        k += 1
-    return k
 
 
 _scorers: dict[tuple[str, int], DecoderScorer] = {}
