@@ -89,26 +89,60 @@ def _token_logprobs(text: str) -> np.ndarray:
     return np.array([_causal_logprob(tokens[:j], t) for j, t in enumerate(tokens)])
 
 
-@pytest.mark.parametrize("with_ends", [False, True])
-def test_pruned_choice_is_the_exhaustive_choice(with_ends):
-    """Scoring only the candidates whose bound can still win picks what scoring all of them
-    picks, on real hypotheses (simplified and traditional, homophone errors, cut short), and
-    scores fewer texts."""
-    beams = [
+BEAMS = [
         ["他洋盐要报复", "他扬盐要报复", "他洋言要報復"],
         ["後者接受日本媒體採訪時表示", "后者接受日本媒体采访时表示", "后者接受日本媒体"],
         ["就好像看到一个地球在动一样", "就好像看到一个地球在动", "就好象看到一個地球在動一樣"],
         ["很可能是从我的作品拍生出来的", "很可能是從我的作品派生出來的"],
         ["市政府进行了语论调查", "是政府进行了语论调查", "是政府進行了輿論調查。"],
     ]
+
+
+@pytest.mark.parametrize("with_ends", [False, True])
+def test_pruned_choice_is_the_exhaustive_choice(with_ends):
+    """Scoring only the candidates whose bound can still win picks what scoring all of them
+    picks, on real hypotheses (simplified and traditional, homophone errors, cut short), and
+    scores fewer texts."""
     scored_all = scored_pruned = 0
-    for k, hyps in enumerate(beams):
+    for k, hyps in enumerate(BEAMS):
         ends = [-1.0 - 0.7 * i - 0.01 * k for i in range(len(hyps))] if with_ends else None
         exhaustive = choose(hyps, lambda ts: [float(_token_logprobs(t).sum()) for t in ts], ends)
-        pruned = choose(
-            hyps, TokenScorer(lambda ts: [_token_logprobs(t) for t in ts], str.encode), ends
+        whole = TokenScorer(
+            lambda ts, limits: [_token_logprobs(t) for t in ts], str.encode, end_term=False
         )
+        pruned = choose(hyps, whole, ends)
         assert (pruned.text, pruned.index) == (exhaustive.text, exhaustive.index)
         scored_all += exhaustive.scored
         scored_pruned += pruned.scored
     assert scored_pruned < scored_all
+
+
+def test_scoring_starts_first_picks_the_exhaustive_choice_for_fewer_terms():
+    """With a scorer of prefixes (the decoder scorer on the CPU), candidates are scored a
+    few tokens at a time, several per call: the choice is the exhaustive one and fewer
+    terms are computed than scoring whole candidates one by one."""
+    computed = {"prefixes": 0, "whole": 0}
+
+    def scorer(kind: str) -> TokenScorer:
+        known: dict[str, int] = {}  # terms computed so far per text (the rest is new work)
+
+        def logprobs(texts, limits):
+            out = []
+            for t, limit in zip(texts, limits, strict=True):
+                terms = _token_logprobs(t)
+                if kind == "prefixes" and limit is not None:
+                    assert known.get(t, 0) < limit < len(terms)
+                    terms = terms[:limit]
+                computed[kind] += len(terms) - known.get(t, 0)
+                known[t] = len(terms)
+                out.append(terms)
+            return out
+
+        return TokenScorer(logprobs, str.encode, prefixes=kind == "prefixes", end_term=False)
+
+    for hyps in BEAMS:
+        exhaustive = choose(hyps, lambda ts: [float(_token_logprobs(t).sum()) for t in ts])
+        by_whole = choose(hyps, scorer("whole"))
+        by_prefixes = choose(hyps, scorer("prefixes"))
+        assert by_whole.index == by_prefixes.index == exhaustive.index
+    assert computed["prefixes"] < computed["whole"], computed

@@ -87,11 +87,13 @@ def test_timestamped_windows_rescore_their_segments(shared_data):
 
 
 @pytest.mark.slow
-def test_rescored_sample_is_what_scoring_every_candidate_gave():
-    """Rescoring scores only the candidates that can still win (whispertune.rescoring's
-    TokenScorer); on the bundled sample its texts are those of the rescoring that scored
+def test_rescored_sample_is_what_scoring_every_candidate_gave(monkeypatch):
+    """Rescoring scores only what can still change the choice (whispertune.rescoring's
+    TokenScorer: candidates bounded out unscored, the others' starts first, several per
+    decoder pass); on the bundled sample its texts are those of the rescoring that scored
     every candidate, recorded in rescored_sample.json (as whispertune demo decodes: batches of
-    4, beam 5), scoring about half of the candidates."""
+    4, beam 5), for fewer decoder positions than scoring whole candidates one at a time."""
+    from whispertune.backends.decoder_scorer import DecoderScorer
     from whispertune.cli.demo import sample_manifest
     from whispertune.data.manifest import read_manifest
 
@@ -99,14 +101,15 @@ def test_rescored_sample_is_what_scoring_every_candidate_gave():
     # the first 24 clips (CI time: the demo's README test decodes all 56 already)
     audios = [load_audio(s.audio_path) for s in read_manifest(sample_manifest("test"))][:24]
     model = create_transcriber("builtin:base", "ct2")
-    scored = []
-    token_logprobs = model.token_logprobs
+    computed = {"positions": 0, "passes": 0}
+    compute = DecoderScorer._compute
 
-    def counted(clip, prompt, sequences):
-        scored.append(len(sequences))
-        return token_logprobs(clip, prompt, sequences)
+    def counted(self, state, requests):
+        computed["passes"] += 1
+        computed["positions"] += sum(r.end - r.start for r in requests)
+        return compute(self, state, requests)
 
-    model.token_logprobs = counted
+    monkeypatch.setattr(DecoderScorer, "_compute", counted)
     opts = DecodeOptions(language="zh", beam_size=5)
     texts = [
         t.text
@@ -114,7 +117,6 @@ def test_rescored_sample_is_what_scoring_every_candidate_gave():
         for t in model.transcribe_clips(audios[i : i + 4], opts)
     ]
     assert texts == expected["texts"][: len(audios)]
-    # scoring every candidate takes up to 13 sequences a clip (5 beam hypotheses, 8
-    # homophone variants; 16 when the beam's traditional-script hypotheses were scored too
-    # for their end-of-text term, which the decoder scorer now gives every candidate)
-    assert sum(scored) < 9 * len(audios), sum(scored)
+    # Scoring whole candidates one per pass (model.scores_prefixes = False) took 2,429
+    # positions in 181 passes on these clips; starts first, three per pass: 1,837 in 138.
+    assert computed["positions"] < 2100 and computed["passes"] < 160, computed

@@ -245,6 +245,10 @@ class Transcriber(ABC):
     # Whether token_logprobs gives score_tokens' per-token terms: rescoring then scores only
     # the candidates that may still win (whispertune.rescoring.TokenScorer).
     scores_per_token: bool = False
+    # Whether token_logprobs honours ``limits`` (computes only the leading terms asked for,
+    # and the rest later at the cost of the rest): rescoring then scores a candidate's start
+    # first and drops it when that already loses.
+    scores_prefixes: bool = False
 
     # The writing conventions of the model's training transcripts (see output_style); set by
     # the backend from its model directory, applied to every decode per ``options.numerals``.
@@ -313,17 +317,26 @@ class Transcriber(ABC):
         clip: np.ndarray | EncodedClip,
         prompt: Sequence[int],
         sequences: Sequence[Sequence[int]],
+        limits: Sequence[int | None] | None = None,
     ) -> list[np.ndarray]:
         """The terms :meth:`score_tokens` sums: one array of log-probabilities per sequence,
         one per token, for a backend with ``scores_per_token``. Rescoring bounds a candidate
         by the prefix it shares with a text already scored (the decoder is causal), so it
-        skips most candidates without a decoder pass."""
+        skips most candidates without a decoder pass.
+
+        ``limits``: per sequence, at least how many leading terms are wanted (None: all). A
+        backend with ``scores_prefixes`` computes only those; others return every term."""
         if not isinstance(clip, EncodedClip):
             clip = self._encode_clip(np.asarray(clip, dtype=np.float32))
-        return self._token_logprobs(clip, list(prompt), [list(s) for s in sequences])
+        seqs = [list(s) for s in sequences]
+        return self._token_logprobs(clip, list(prompt), seqs, limits)
 
     def _token_logprobs(
-        self, clip: EncodedClip, prompt: Tokens, seqs: list[Tokens]
+        self,
+        clip: EncodedClip,
+        prompt: Tokens,
+        seqs: list[Tokens],
+        limits: Sequence[int | None] | None = None,
     ) -> list[np.ndarray]:
         """``token_logprobs`` on the backend's own encoding (backends with
         ``scores_per_token``)."""

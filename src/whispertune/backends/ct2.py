@@ -100,6 +100,7 @@ class CT2Transcriber(Transcriber):
     # of text included; on a GPU by CTranslate2's align, which scores the text tokens only.
     scores_end_of_text = True
     scores_per_token = True
+    scores_prefixes = True  # on the CPU (the decoder scorer); not align, on a GPU
 
     def __init__(
         self,
@@ -144,7 +145,7 @@ class CT2Transcriber(Transcriber):
                 f"cannot load {self.model_dir} with compute type {compute_type}: {e}"
             ) from e
         self.model = self.fw.model
-        self.scores_end_of_text = device == "cpu"
+        self.scores_end_of_text = self.scores_prefixes = device == "cpu"
         self._scorer: DecoderScorer | None = None  # rescoring's decoder, on first use
         if workers > 1:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2-worker")
@@ -350,19 +351,23 @@ class CT2Transcriber(Transcriber):
         return [float(logp.sum()) for logp in self._token_logprobs(clip, prompt, seqs)]
 
     def _token_logprobs(
-        self, clip: _Encoded, prompt: Tokens, seqs: list[Tokens]
+        self,
+        clip: _Encoded,
+        prompt: Tokens,
+        seqs: list[Tokens],
+        limits: list[int | None] | None = None,
     ) -> list[np.ndarray]:
         """Log-probability of each token of each sequence. On the CPU: the model's decoder
         in torch (decoder_scorer: the clip's cross-attention projected once, shared starts
-        computed once), the end of text as the last term. On a GPU: CTranslate2's align over
-        one copy of the clip's encoder output per sequence (each copy is projected again),
-        text tokens only."""
+        computed once, only the leading terms ``limits`` asks for), the end of text as the
+        last term. On a GPU: CTranslate2's align over one copy of the clip's encoder output
+        per sequence (each copy is projected again), text tokens only, all of them."""
         if self.scores_end_of_text:  # on the CPU
             if self._scorer is None:  # the workers may race here: scorer_for gives them one
                 self._scorer = scorer_for(self.model_dir, self.eot, self.threads_per_worker)
             if clip.scores is None:
                 clip.scores = self._scorer.clip(np.asarray(clip.encoded)[clip.index])
-            return self._scorer.logprobs(clip.scores, prompt, seqs)
+            return self._scorer.logprobs(clip.scores, prompt, seqs, limits)
         # on a GPU the encoder output stays on the device: encode one copy per sequence
         row = clip.feats[clip.index : clip.index + 1]
         repeated = self._encode(np.ascontiguousarray(np.repeat(row, len(seqs), 0)))

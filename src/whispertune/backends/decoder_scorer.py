@@ -93,12 +93,38 @@ class _Layer:
 
 @dataclass
 class _Scored:
-    """One token sequence scored for a clip: what a later sequence with the same start reuses."""
+    """Positions computed for a clip: what a later request with the same start reuses.
+
+    ``tokens`` are the tokens at the computed positions (prompt included); the output at
+    position ``j`` gave ``next_logprob[j]``, the log-probability of ``tokens[j + 1]``, and the
+    last position's of ``follows``: the sequence's next token where only its start was asked
+    for, the end of text where all of it was."""
 
     tokens: tuple[int, ...]
+    follows: int
     keys: list  # per layer: self-attention keys [1, heads, T, head_dim]
     values: list
-    next_logprob: np.ndarray  # [T]: log P(tokens[j + 1] | tokens[: j + 1]); last: end of text
+    next_logprob: np.ndarray  # [T]
+
+    def valid_for(self, full: tuple[int, ...], eot: int) -> int:
+        """How many of ``next_logprob``'s leading terms are those of sequence ``full``: all
+        of the shared start but its last, whose output predicted this sequence's next token
+        only if the two go on alike."""
+        k = shared_start(self.tokens, full)
+        if k == len(self.tokens) and self.follows == (full[k] if k < len(full) else eot):
+            return k
+        return max(0, k - 1)
+
+
+@dataclass
+class _Request:
+    """One sequence's positions ``start`` to ``end`` (exclusive) to compute in a batch, on
+    top of the keys and values of ``base``'s first ``start`` positions."""
+
+    full: tuple[int, ...]
+    end: int
+    base: _Scored | None
+    start: int
 
 
 @dataclass
@@ -190,85 +216,137 @@ class DecoderScorer:
         return ClipScores(cross)
 
     def logprobs(
-        self, state: ClipScores, prompt: Sequence[int], sequences: Sequence[Sequence[int]]
+        self,
+        state: ClipScores,
+        prompt: Sequence[int],
+        sequences: Sequence[Sequence[int]],
+        limits: Sequence[int | None] | None = None,
     ) -> list[np.ndarray]:
         """For each sequence after ``prompt``: the log-probability of each of its tokens, then
-        of the end of text after it (``len(sequence) + 1`` values, float32)."""
-        out = []
-        for seq in sequences:
+        of the end of text after it (``len(sequence) + 1`` values, float32).
+
+        ``limits``: per sequence, how many of those leading terms are wanted (None: all).
+        Rescoring asks for the start of a candidate first and stops when that already shows
+        it cannot win; the positions computed are kept, so asking for more later costs only
+        the rest. All the sequences of a call share one pass through the decoder: its time
+        at a few positions is streaming the weights and the clip's keys and values, once
+        per call whatever the number of sequences in it."""
+        limits = list(limits) if limits is not None else [None] * len(sequences)
+        wanted = []
+        for seq, limit in zip(sequences, limits, strict=True):
             full = (*prompt, *seq)
             if len(full) > self.positions.shape[0]:
                 raise ValueError(
                     f"{len(full)} tokens: more than the decoder's {self.positions.shape[0]}"
                 )
-            scored = self._score(state, tuple(full))
-            out.append(scored.next_logprob[len(prompt) - 1 :].copy())
+            terms = len(seq) + 1 if limit is None else min(len(seq) + 1, max(1, limit))
+            wanted.append((full, len(prompt) - 1 + terms))
+        plans: dict[tuple, _Request] = {}
+        for full, end in wanted:
+            if (full, end) not in plans and self._known(state, full, end) is None:
+                plans[(full, end)] = self._plan(state, full, end)
+        if plans:
+            self._compute(state, list(plans.values()))
+        out = []
+        for full, end in wanted:
+            known = self._known(state, full, end)
+            assert known is not None
+            out.append(known[len(prompt) - 1 :].copy())
         return out
 
-    def _score(self, state: ClipScores, tokens: tuple[int, ...]) -> _Scored:
+    def _known(self, state: ClipScores, full: tuple[int, ...], end: int) -> np.ndarray | None:
+        """The first ``end`` terms of ``full``, if positions already computed give them."""
+        for s in state.scored:
+            if s.valid_for(full, self.eot) >= end:
+                return s.next_logprob[:end]
+        return None
+
+    def _plan(self, state: ClipScores, full: tuple[int, ...], end: int) -> _Request:
+        """Reuse the computed positions that give the most of ``full``'s leading terms."""
+        base, start = None, 0
+        for s in state.scored:
+            v = s.valid_for(full, self.eot)
+            if v > start:
+                base, start = s, v
+        return _Request(full, end, base, start)
+
+    def _compute(self, state: ClipScores, requests: list[_Request]) -> None:
+        """One decoder pass over every request's new positions, stacked: the linear layers
+        and the cross-attention see them all at once, the self-attention each request's own
+        (its base's cached positions, then its new ones, causal)."""
         import torch
         import torch.nn.functional as F
 
-        # the scored sequence sharing the longest start with this one
-        base, shared = None, 0
-        for s in state.scored:
-            k = shared_start(s.tokens, tokens)
-            if k > shared:
-                base, shared = s, k
-        if base is not None and shared == len(tokens) == len(base.tokens):
-            return base
-        # From the last shared position on: its output predicts the first token that differs
-        # (or the end of text), which the scored sequence's does not.
-        start = shared - 1 if base is not None else 0
         with torch.inference_mode():
-            ids = torch.tensor(tokens[start:], dtype=torch.long)
-            x = self.embed[ids].float() + self.positions[start : len(tokens)]
-            new_keys, new_values = [], []
+            rows = []
+            for r in requests:
+                ids = torch.tensor(r.full[r.start : r.end], dtype=torch.long)
+                rows.append(self.embed[ids].float() + self.positions[r.start : r.end])
+            x = torch.cat(rows)
+            sizes = [r.end - r.start for r in requests]
+            keys: list[list] = [[] for _ in requests]
+            values: list[list] = [[] for _ in requests]
             for i, layer in enumerate(self.layers):
-                past = (base.keys[i][:, :, :start], base.values[i][:, :, :start]) if start else None
-                x, k, v = self._block(layer, x, past, state.cross[i], start)
-                new_keys.append(k)
-                new_values.append(v)
+                x = self._block(layer, x, requests, sizes, i, keys, values, state.cross[i])
             x = F.layer_norm(x, (self.d_model,), *self.final_norm, eps=_EPS)
-            logits = self.output(x)
-            logp = torch.log_softmax(logits, dim=-1)
-            following = torch.tensor([*tokens[start + 1 :], self.eot], dtype=torch.long)
-            tail = logp.gather(1, following[:, None])[:, 0].numpy()
-        head = base.next_logprob[:start] if start else np.empty(0, dtype=np.float32)
-        scored = _Scored(
-            tokens,
-            new_keys,
-            new_values,
-            np.concatenate([head, tail]).astype(np.float32),
-        )
-        state.scored.append(scored)
-        return scored
+            logp = torch.log_softmax(self.output(x), dim=-1)
+            following = [
+                t
+                for r in requests
+                for t in (*r.full[r.start + 1 : r.end], self._follows(r.full, r.end))
+            ]
+            tails = logp.gather(1, torch.tensor(following, dtype=torch.long)[:, None])[:, 0]
+            tails = tails.numpy()
+        offset = 0
+        for r, n, k, v in zip(requests, sizes, keys, values, strict=True):
+            head = r.base.next_logprob[: r.start] if r.base is not None else np.empty(0)
+            tail = tails[offset : offset + n]
+            offset += n
+            state.scored.append(
+                _Scored(
+                    r.full[: r.end],
+                    self._follows(r.full, r.end),
+                    k,
+                    v,
+                    np.concatenate([head, tail]).astype(np.float32),
+                )
+            )
 
-    def _block(self, layer: _Layer, x, past, cross, start: int):
-        """One pre-norm decoder block over the new positions ``x`` ([n, d]); ``past`` the
-        self-attention keys/values of the ``start`` positions before them."""
+    def _follows(self, full: tuple[int, ...], end: int) -> int:
+        return full[end] if end < len(full) else self.eot
+
+    def _block(self, layer: _Layer, x, requests, sizes, i: int, keys, values, cross):
+        """One pre-norm decoder block over the stacked new positions ``x`` ([n, d]); each
+        request's keys and values of layer ``i`` (its base's, then its new ones) are
+        appended to ``keys`` / ``values``."""
         import torch
         import torch.nn.functional as F
 
         d = self.d_model
         h = F.layer_norm(x, (d,), *layer.self_norm, eps=_EPS)
-        q, k, v = layer.self_qkv(h).split(d, dim=-1)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        n = q.shape[2]
-        # causal over the whole sequence: new position j sees positions <= start + j
-        mask = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + layer.self_out(self._merge(a))
+        q_all, k_all, v_all = layer.self_qkv(h).split(d, dim=-1)
+        attended = []
+        offset = 0
+        for r, n, rk, rv in zip(requests, sizes, keys, values, strict=True):
+            q = self._heads(q_all[offset : offset + n])
+            k = self._heads(k_all[offset : offset + n])
+            v = self._heads(v_all[offset : offset + n])
+            offset += n
+            if r.start:
+                k = torch.cat([r.base.keys[i][:, :, : r.start], k], dim=2)
+                v = torch.cat([r.base.values[i][:, :, : r.start], v], dim=2)
+            # causal over the whole sequence: new position j sees positions <= start + j
+            mask = torch.ones(n, r.start + n, dtype=torch.bool).tril(diagonal=r.start)
+            attended.append(self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+            rk.append(k)
+            rv.append(v)
+        x = x + layer.self_out(torch.cat(attended) if len(attended) > 1 else attended[0])
         h = F.layer_norm(x, (d,), *layer.cross_norm, eps=_EPS)
         q = self._heads(layer.cross_q(h))
         a = F.scaled_dot_product_attention(q, *cross)
         x = x + layer.cross_out(self._merge(a))
         h = F.layer_norm(x, (d,), *layer.ffn_norm, eps=_EPS)
-        x = x + layer.fc2(F.gelu(layer.fc1(h)))
-        return x, k, v
+        return x + layer.fc2(F.gelu(layer.fc1(h)))
 
     def _heads(self, x):
         """[n, d] → [1, heads, n, head_dim]: with a batch dimension, torch's CPU attention
