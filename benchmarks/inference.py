@@ -333,7 +333,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="builtin:base")
     p.add_argument("--runs", type=int, default=1, help="repeat the whole table")
-    p.add_argument("--only", nargs="*", default=None, help="runner names containing these")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="runner names containing these; a trailing $ anchors one at the name's end",
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument(
         "--slow-limit",
@@ -355,7 +360,9 @@ def main() -> None:
         for part in parts:
             rows = []
             for name in names[part]:
-                if args.only and not any(o in name for o in args.only):
+                if args.only and not any(
+                    name.endswith(o[:-1]) if o.endswith("$") else o in name for o in args.only
+                ):
                     continue
                 print(f"[run {run + 1}] {part}: {name} ...", file=sys.stderr, flush=True)
                 rows.append((name, run_child(args, part, name)))

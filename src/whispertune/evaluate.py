@@ -11,7 +11,9 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -268,15 +270,35 @@ def evaluate_samples(
             samples, load, transcriber, decode, language_of, hyps, report_progress, cancel
         )
     else:
-        for i in range(0, len(samples), batch):
-            check_cancel(cancel, "evaluation")
-            chunk = samples[i : i + batch]
-            audios = [load(s) for s in chunk]
-            audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
-            langs = [language_of(s) for s in chunk]
-            for j, t in enumerate(transcriber.transcribe_clips(audios, decode, langs)):
-                hyps[i + j] = t
-            report_progress(min(i + batch, len(samples)))
+        # The next batch is handed to the backend before this one is done (two in flight):
+        # a backend that spreads a batch over workers (ct2 on the CPU) otherwise idles a
+        # core at the end of every batch, while the last clip finishes, and while the next
+        # batch's audio loads.
+        def collect(first: int, future: Future) -> None:
+            for j, t in enumerate(future.result()):
+                hyps[first + j] = t
+            report_progress(min(first + batch, len(samples)))
+
+        with ThreadPoolExecutor(2, thread_name_prefix="evaluate") as ahead:
+            in_flight: deque[tuple[int, Future]] = deque()
+            try:
+                for i in range(0, len(samples), batch):
+                    check_cancel(cancel, "evaluation")
+                    chunk = samples[i : i + batch]
+                    audios = [load(s) for s in chunk]
+                    audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE
+                    langs = [language_of(s) for s in chunk]
+                    in_flight.append(
+                        (i, ahead.submit(transcriber.transcribe_clips, audios, decode, langs))
+                    )
+                    if len(in_flight) == 2:
+                        collect(*in_flight.popleft())
+                while in_flight:
+                    collect(*in_flight.popleft())
+            except BaseException:
+                for _, future in in_flight:
+                    future.cancel()  # not started yet: dropped; a started one finishes
+                raise
     wall = time.perf_counter() - start
     results: list[UtteranceResult] = []
     for k, s in enumerate(samples):

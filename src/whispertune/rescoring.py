@@ -63,6 +63,16 @@ def wants_rescoring(enabled: bool, language: str | None, task: str) -> bool:
     return enabled and language == "zh" and task == "transcribe"
 
 
+def prepare_rescoring() -> None:
+    """Load the word model and the homophone index now (about 1.5 s, once per process),
+    for a backend that loads them while its first clips decode."""
+    from pypinyin import lazy_pinyin
+
+    lazy_pinyin("预备")
+    _tokenizer()
+    _sound_index()
+
+
 def _tokenizer():
     with _build_lock:
         return _load_tokenizer()

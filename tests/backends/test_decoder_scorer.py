@@ -92,3 +92,33 @@ def test_without_fbgemm_it_scores_in_float32(tiny_ct2_dir, reference, monkeypatc
     assert scorer.output.precision == "float32"
     got = scorer.logprobs(scorer.clip(encoded), PROMPT, [SEQUENCES[0]])[0]
     np.testing.assert_allclose(got, want(SEQUENCES[0]), atol=1e-4)
+
+
+def test_starts_then_the_rest_give_the_whole_and_compute_only_what_is_asked(
+    tiny_ct2_dir, reference
+):
+    """Rescoring asks for a candidate's first terms, then maybe the rest: each call
+    computes only the positions not computed before, several sequences share a pass, and
+    the terms are those of scoring each sequence whole."""
+    encoded, eot, want = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot, precision="float32")
+    state = scorer.clip(encoded)
+    first, variant = SEQUENCES[0], SEQUENCES[3]
+    starts = scorer.logprobs(state, PROMPT, [first, variant], [2, 3])
+    assert [len(s) for s in starts] == [2, 3]
+    # the prompt (its last position predicts the first token) and the asked terms: one pass
+    assert len(state.scored) == 2
+    assert state.scored[0].tokens == (*PROMPT, *first[:1])
+    assert state.scored[0].follows == first[1]  # its last position predicted the next token
+    whole = scorer.logprobs(state, PROMPT, [first, variant])
+    for got, seq in zip(whole, (first, variant), strict=True):
+        np.testing.assert_allclose(got, want(seq), atol=1e-4)
+    np.testing.assert_allclose(starts[0], whole[0][:2], atol=1e-6)
+    np.testing.assert_allclose(starts[1], whole[1][:3], atol=1e-6)
+    # the rest of `first` was computed from its fifth position on, not from the start
+    rest = state.scored[2]
+    assert len(rest.tokens) == len(PROMPT) + len(first)
+    assert rest.follows == eot
+    # asked again (whole or a start): nothing computed
+    scorer.logprobs(state, PROMPT, [first, variant[:2]], [None, 1])
+    assert len(state.scored) == 4
