@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.tiny import save_tiny_whisper
+from whispertune import evaluate as evaluate_module
 from whispertune import options
+from whispertune.backends.base import DecodeOptions, Transcriber, Transcript
 from whispertune.cli import main
-from whispertune.evaluate import EvaluateOptions, evaluate, score_pairs
+from whispertune.data.manifest import Sample
+from whispertune.evaluate import EvaluateOptions, evaluate, evaluate_samples, score_pairs
 from whispertune.progress import Cancelled
 
 SAMPLE = "src/whispertune/samples/aishell_s0150/test.jsonl"
@@ -129,3 +134,73 @@ def test_packed_builtin_base_accuracy():
     opts = options.build(EvaluateOptions, {"manifest": SAMPLE, "limit": 20, "pack": True})
     report = evaluate(opts)
     assert report.clips == 20 and report.error_rate < 0.3
+
+
+class _Timed(Transcriber):
+    """A backend stand-in whose decode takes longer for some batches and records how many
+    of its calls overlap: what evaluate's scheduling is tested against."""
+
+    name = "timed"
+
+    def __init__(self, fail_at: int | None = None):
+        self.lock = threading.Lock()
+        self.running = self.most = self.calls = 0
+        self.fail_at = fail_at
+
+    def _transcribe_clips(self, batch, options):
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.05 if call % 2 else 0.01)
+            if call == self.fail_at:
+                raise RuntimeError("decoder failed")
+            # the clip's length in samples as its text: each hypothesis names its clip
+            return [Transcript(text=str(len(a)), language="zh") for a in batch.audios]
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def _encode_clip(self, audio):
+        return audio
+
+    def _score_tokens(self, clip, prompt, seqs):
+        return [0.0] * len(seqs)
+
+    def encode_text(self, text):
+        return [1]
+
+
+def _samples(n: int) -> list[Sample]:
+    """Clips named by their length in samples, a different one each."""
+    return [
+        Sample(audio_path=Path(f"{16000 + 160 * i}.wav"), sentence=str(16000 + 160 * i), line=i + 1)
+        for i in range(n)
+    ]
+
+
+def _silence_as_long_as_its_name(path, start=None, end=None) -> np.ndarray:
+    return np.zeros(int(Path(path).stem), np.float32)
+
+
+def test_two_batches_are_in_flight_and_each_clip_keeps_its_text(monkeypatch):
+    """The next batch goes to the backend before the current one is done (so a backend
+    with several workers never idles at a batch's end), never more than two at once, and
+    every clip gets its own transcript whatever order the batches finish in."""
+    samples = _samples(11)
+    monkeypatch.setattr(evaluate_module, "load_audio", _silence_as_long_as_its_name)
+    backend = _Timed()
+    report = evaluate_samples(backend, samples, decode=DecodeOptions(batch_size=2))
+    assert backend.calls == 6 and backend.most == 2
+    assert [u.hyp for u in sorted(report.utterances, key=lambda u: u.line)] == [
+        s.sentence for s in samples
+    ]
+    assert report.error_rate == 0.0
+
+
+def test_a_failing_batch_fails_the_evaluation(monkeypatch):
+    monkeypatch.setattr(evaluate_module, "load_audio", _silence_as_long_as_its_name)
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        evaluate_samples(_Timed(fail_at=2), _samples(8), decode=DecodeOptions(batch_size=2))

@@ -3,6 +3,8 @@ backend's features and batched temperature fallback on a tiny model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,24 @@ def test_score_tokens_takes_audio_or_the_decodes_encoding(tiny_ct2):
     assert [len(t) for t in terms] == [3, 4, 2]  # each token, then the end of text
     assert from_audio == pytest.approx([float(t.sum()) for t in terms])
     np.testing.assert_allclose(terms[1][:2], terms[0][:2], atol=1e-5)  # the same start
+
+
+def test_rescoring_loads_in_the_background_for_mandarin_only(tiny_ct2_dir):
+    """The first batch to be rescored starts loading rescoring (the decoder scorer, the word
+    model) in a thread of its own, so that no worker waits on it at its first clip; a batch
+    that will not be rescored loads nothing."""
+    from whispertune.backends import create_transcriber
+
+    model = create_transcriber(str(tiny_ct2_dir), "ct2", compute_type="float32", threads=1)
+    audio = np.zeros(16000, np.float32)
+    opts = DecodeOptions(beam_size=1, max_new_tokens=4, temperatures=[0.0])
+    model.transcribe_clips([audio], replace(opts, language="en"))
+    model.transcribe_clips([audio], replace(opts, language="zh", rescore=False))
+    assert model._warm_up is None
+    model.transcribe_clips([audio], replace(opts, language="zh"))
+    assert model._warm_up is not None
+    model._warm_up.join(timeout=120)
+    assert model._scorer is not None
+    started = model._warm_up
+    model.transcribe_clips([audio], replace(opts, language="zh"))
+    assert model._warm_up is started  # once per transcriber
