@@ -134,8 +134,8 @@ class DecodeOptions:
             "help": "Mandarin transcription: rescore the beam's hypotheses and their "
             "homophones (same pinyin) with a word-frequency language model (jieba's "
             "dictionary) plus Whisper's own score, and write the winner in simplified "
-            "characters; it fixes homophone errors such as 洋盐 → 扬言 and adds a fifth "
-            "to a third to the decoding time on a CPU (figures: docs/benchmarks.md). Long-form "
+            "characters; it fixes homophone errors such as 洋盐 → 扬言 and adds about a "
+            "quarter to the decoding time on a CPU (figures: docs/benchmarks.md). Long-form "
             "windows rescore each segment. --no-rescore: as Whisper's beam decodes"
         },
     )
