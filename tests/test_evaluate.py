@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_transcribe import _Stub
 from tests.tiny import save_tiny_whisper
 from whispertune import evaluate as evaluate_module
 from whispertune import options
-from whispertune.backends.base import DecodeOptions, Transcriber, Transcript
+from whispertune.backends.base import DecodeOptions, Transcript
 from whispertune.cli import main
 from whispertune.data.manifest import Sample
 from whispertune.evaluate import EvaluateOptions, evaluate, evaluate_samples, score_pairs
@@ -136,13 +137,14 @@ def test_packed_builtin_base_accuracy():
     assert report.clips == 20 and report.error_rate < 0.3
 
 
-class _Timed(Transcriber):
+class _Timed(_Stub):
     """A backend stand-in whose decode takes longer for some batches and records how many
     of its calls overlap: what evaluate's scheduling is tested against."""
 
     name = "timed"
 
     def __init__(self, fail_at: int | None = None):
+        super().__init__([])
         self.lock = threading.Lock()
         self.running = self.most = self.calls = 0
         self.fail_at = fail_at
@@ -162,15 +164,6 @@ class _Timed(Transcriber):
         finally:
             with self.lock:
                 self.running -= 1
-
-    def _encode_clip(self, audio):
-        return audio
-
-    def _score_tokens(self, clip, prompt, seqs):
-        return [0.0] * len(seqs)
-
-    def encode_text(self, text):
-        return [1]
 
 
 def _samples(n: int) -> list[Sample]:
