@@ -315,15 +315,19 @@ class _Scores:
                 self.total[text] = float(logp.sum())
             self.known[text] = np.cumsum(logp, dtype=np.float64)
 
-    def known_terms(self, text: str) -> int:
-        """How many of the text's leading terms are known: its own scored start, or the
-        start it shares with another text scored that far."""
+    def _known_starts(self, text: str):
+        """(k, cumulative sums) for each text scored so far, ``k`` of whose leading terms
+        are also the text's: its own scored start, or the start another shares with it."""
         tokens = self.tokens(text)
-        best = len(self.known.get(text, ()))
         for other, cum in self.known.items():
-            if other != text:
-                best = max(best, min(shared_start(tokens, self.tokens(other)), len(cum)))
-        return best
+            if other == text:
+                yield len(cum), cum
+            else:
+                yield min(shared_start(tokens, self.tokens(other)), len(cum)), cum
+
+    def known_terms(self, text: str) -> int:
+        """How many of the text's leading terms are known."""
+        return max((k for k, _ in self._known_starts(text)), default=0)
 
     def upper_bound(self, text: str) -> float:
         """An upper bound of the text's acoustic score: the sum of its terms known so far,
@@ -331,15 +335,10 @@ class _Scores:
         log-probabilities <= 0)."""
         if text in self.total:
             return self.total[text]
-        bound = 0.0
-        if text in self.known:
-            bound = float(self.known[text][-1])
-        tokens = self.tokens(text)
-        for other, cum in self.known.items():
-            k = min(shared_start(tokens, self.tokens(other)), len(cum))
-            if k and other != text:
-                bound = min(bound, float(cum[k - 1]))
-        return bound + _MARGIN
+        sums = [float(cum[k - 1]) for k, cum in self._known_starts(text) if k]
+        if text not in self.known:
+            sums.append(0.0)  # nothing of it scored: the bound an empty start gives
+        return min(sums) + _MARGIN
 
     def limit(self, text: str) -> int | None:
         """How far to score the text next: all of it, or with a scorer of prefixes the next
