@@ -48,6 +48,7 @@ from whispertune.train.dataset import (
 from whispertune.train.hardware import return_freed_activations_to_the_os
 from whispertune.train.labels import SpecialTokens
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
+from whispertune.train.recompute import keep_dropout_masks
 from whispertune.train.packing import pack_samples
 from whispertune.train.run_lock import LOCK_NAME, run_lock
 from whispertune.train.validate import PUBLISHED_STAGE, STAGE, Validator
@@ -313,6 +314,8 @@ class Trainer:
         return_freed_activations_to_the_os()
         if self.use_cache:
             self.train_data = self._encoder_cache(model)
+            if self.top_layers and o.optim.recompute_encoder_layers:
+                keep_dropout_masks(top_encoder(model).layers[-self.top_layers :])
         else:
             self.train_data = self.dataset
             if o.lora.encoder_cache and o.lora.encoder_frozen() and o.augmenting():

@@ -184,20 +184,21 @@ def run_top_encoder(
     """Finish the encoder from the input of its last ``trained_layers`` layers (what the cache
     holds), the same computation as ``WhisperEncoder.forward`` from that layer on.
 
-    ``recompute`` (in training): each layer keeps only its input for the backward pass and
-    runs its forward again there (activation checkpointing, dropout masks replayed from the
-    saved RNG state, so the gradients are the same). Why: at batch 8 a 30 s window's layer
-    keeps ~0.6 GB of activations for backward (the 2048-wide MLP, its GELU and the LoRA
-    dropout copies), 2.4 GB for 4 layers, most of a step's memory; the recomputed forward
-    costs less than that memory costs in page faults and allocator retention. Recomputing
-    only the MLP blocks was measured too (one step, batch 8, 2 cores: 22.0 s against 25.5 s,
-    but 3.1 GiB at its peak against 1.95: over the 3 GB a default run may take).
+    ``recompute`` (in training): each layer keeps only its input, its attention's forward and
+    its dropout masks for the backward pass and runs the rest of its forward again there
+    (:mod:`whispertune.train.recompute`; the same gradients, bit for bit). Why: at batch 8 a
+    30 s window's layer keeps ~0.6 GB of activations for backward (the 2048-wide MLP, its GELU
+    and the LoRA dropout copies), 2.4 GB for 4 layers, most of a step's memory; the
+    recomputed forward costs less than that memory costs in page faults and allocator
+    retention. Recomputing only the MLP blocks was measured too (one step, batch 8, 2 cores:
+    22.0 s against 25.5 s, but 3.1 GiB at its peak against 1.95: over the 3 GB a default run
+    may take).
     """
-    from torch.utils.checkpoint import checkpoint
+    from whispertune.train.recompute import recomputed
 
     for layer in encoder.layers[-trained_layers:]:
         if recompute and torch.is_grad_enabled() and layer.training:
-            hidden = checkpoint(layer, hidden, None, use_reentrant=False)
+            hidden = recomputed(layer, hidden)
         else:
             hidden = layer(hidden, None)
     return encoder.layer_norm(hidden)
