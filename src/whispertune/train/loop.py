@@ -48,8 +48,8 @@ from whispertune.train.dataset import (
 from whispertune.train.hardware import return_freed_activations_to_the_os
 from whispertune.train.labels import SpecialTokens
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
-from whispertune.train.recompute import keep_dropout_masks
 from whispertune.train.packing import pack_samples
+from whispertune.train.recompute import keep_dropout_masks
 from whispertune.train.run_lock import LOCK_NAME, run_lock
 from whispertune.train.validate import PUBLISHED_STAGE, STAGE, Validator
 
