@@ -21,3 +21,10 @@ def test_auto_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     assert _precision("auto") == "fp32"
     assert _precision("bf16") == "bf16" and _precision("fp32") == "fp32"
+
+
+def test_auto_is_the_default(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    o = options.build(TrainOptions, {"train": "t.jsonl", "output": "o"})
+    assert o.optim.precision == "auto" and o.optim.resolved_precision() == "fp32"

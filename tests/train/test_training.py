@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tests.train.conftest import write_manifest
 from whispertune import options
 from whispertune.errors import UserError
-from whispertune.train import TrainOptions, train
+from whispertune.train import TrainOptions, hardware, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,8 +201,12 @@ def _train_cmd(model, manifest, out, *extra):
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_model, tmp_path):
     manifest = write_manifest(tmp_path / "m.jsonl", 8)  # 4 steps per epoch: kill mid-epoch
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the uninterrupted run on glibc's allocator, the killed one on what `auto` restarts with
     subprocess.run(
-        _train_cmd(tiny_model, manifest, tmp_path / "a"), check=True, env=env, capture_output=True
+        _train_cmd(tiny_model, manifest, tmp_path / "a", "--allocator", "system"),
+        check=True,
+        env=env,
+        capture_output=True,
     )
     proc = subprocess.Popen(
         _train_cmd(tiny_model, manifest, tmp_path / "b"),
@@ -231,6 +235,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_model, tmp
         assert torch.allclose(a[name], b[name], atol=1e-6), name
     assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), rel=1e-5)
     assert len(_losses(tmp_path / "b")) == 10  # resumed metrics replace, never duplicate
+    library = hardware.caching_allocator_library() if sys.platform.startswith("linux") else None
+    expected = "glibc" if library is None else "tcmalloc" if "tcmalloc" in library else "jemalloc"
+    allocators = [json.loads((tmp_path / r / "run.json").read_text())["allocator"] for r in "ab"]
+    assert allocators == ["glibc", expected]  # the same weights whichever allocator
 
 
 def test_two_processes_with_torchrun(tiny_model, tmp_path):

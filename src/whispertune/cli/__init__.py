@@ -127,6 +127,8 @@ def _silence_library_warnings(verbose: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a process started for this command alone, which may restart itself (train's allocator)
+    args.from_command_line = argv is None
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -56,6 +56,10 @@ def _train(args: argparse.Namespace) -> int:
     from whispertune.train import train
 
     opts = options.from_args(TrainOptions, args)
+    if opts.optim.allocator == "auto" and getattr(args, "from_command_line", False):
+        from whispertune.train.hardware import rerun_with_caching_allocator
+
+        rerun_with_caching_allocator(sys.orig_argv[1:])  # returns where it does not restart
     # Under torchrun / accelerate launch only rank 0 draws progress and prints the result.
     # (Asking accelerate here would create its process state before the trainer configures it.)
     main_process = int(os.environ.get("RANK", "0")) == 0

@@ -45,7 +45,10 @@ from whispertune.train.dataset import (
     rank_batches,
     steps_per_epoch,
 )
-from whispertune.train.hardware import return_freed_activations_to_the_os
+from whispertune.train.hardware import (
+    loaded_caching_allocator,
+    return_freed_activations_to_the_os,
+)
 from whispertune.train.labels import SpecialTokens
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 from whispertune.train.packing import pack_samples
@@ -312,6 +315,7 @@ class Trainer:
         self.use_cache = o.uses_encoder_cache()
         # a step's activations are hundreds of MB to GBs, which glibc's heap would keep
         return_freed_activations_to_the_os()
+        logger.info("memory allocator: %s", loaded_caching_allocator() or "glibc")
         if self.use_cache:
             self.train_data = self._encoder_cache(model)
             if self.top_layers and o.optim.recompute_encoder_layers:
@@ -422,6 +426,8 @@ class Trainer:
             "encoder_cache": self.use_cache,
             "trained_encoder_layers": self.top_layers,
             "holdout_clips": self.holdout_count,
+            "precision": self.o.optim.resolved_precision(),
+            "allocator": loaded_caching_allocator() or "glibc",
         }
         (self.run_dir / ckpt.RUN_FILE).write_text(
             json.dumps(record, indent=1, default=str), encoding="utf-8"

@@ -18,6 +18,7 @@ from whispertune.data.manifest import Sample
 from whispertune.output_style import OutputStyle
 from whispertune.progress import ProgressCallback, ProgressEvent
 from whispertune.train.config import TrainOptions
+from whispertune.train.hardware import release_free_memory
 
 # The progress stages: an evaluation during training, and the closing one of best/ as
 # published (a stage of its own: it follows the last evaluation with no step in between).
@@ -94,6 +95,7 @@ class Validator:
 
         was_training = model.training
         model.eval()
+        release_free_memory()  # what the steps freed, so the decoding does not add to it
         try:
             transcriber = HFTranscriber.from_loaded(
                 model, self.processor, device=self.device, style=self.style
@@ -109,4 +111,5 @@ class Validator:
         finally:
             if was_training:
                 model.train()
+            release_free_memory()
         return report.error_rate
