@@ -1,4 +1,4 @@
-"""TrainOptions in groups, flat outside: the same 64 flags, YAML keys and run.json keys as
+"""TrainOptions in groups, flat outside: the same 65 flags, YAML keys and run.json keys as
 when it was one flat dataclass, and options.schema for a UI's forms."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def test_flat_names_fill_the_groups():
     assert str(o.data.train) == "t.jsonl" and str(o.run.output) == "runs/x"
     assert o.model == "builtin:base" and o.lora.method == "lora"
     names = options.option_names(TrainOptions)
-    assert len(names) == 64 and {"lora_r", "noise_snr", "holdout", "threads"} <= names
+    assert len(names) == 65 and {"lora_r", "noise_snr", "holdout", "threads"} <= names
     with pytest.raises(ConfigError, match="unknown option.*lora_rank.*known:.*lora_r"):
         options.build(TrainOptions, {**FLAT, "lora_rank": 4})
 
@@ -51,8 +51,8 @@ def test_cli_flags_and_a_config_file(tmp_path):
 def test_schema_has_one_row_per_flag():
     rows = options.schema(TrainOptions)
     assert [r["name"] for r in rows][:3] == ["model", "train", "eval"]  # --help's order
-    assert {r["name"] for r in rows} == options.option_names(TrainOptions) and len(rows) == 64
-    assert len({r["flag"] for r in rows}) == 64
+    assert {r["name"] for r in rows} == options.option_names(TrainOptions) and len(rows) == 65
+    assert len({r["flag"] for r in rows}) == 65
     by_name = {r["name"]: r for r in rows}
     assert by_name["lora_r"] == {
         "name": "lora_r",
