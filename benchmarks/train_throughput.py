@@ -4,18 +4,20 @@
     python benchmarks/train_throughput.py [--steps 6] [--batch-size 8] [--manifest M]
 
 Rows: (a) transformers Seq2SeqTrainer + peft LoRA with the usual Whisper data collator,
-(b) ``whispertune train`` with the same LoRA config, (b') the same in bf16 where the CPU has
-native bf16, (c) ``whispertune train --lora-scope decoder`` with the encoder-output cache
+(b) ``whispertune train`` with the same LoRA config in fp32, (b') the same in bf16 where the
+CPU has native bf16, (c) ``whispertune train --lora-scope decoder`` with the encoder-output cache
 (steady state, and with the one-off cache build counted over one epoch), (d) the default
 recipe without joining clips (LoRA r8 on the last 4 encoder layers, on the cache of their
 input, ``--pack-seconds 0``), (e) the default recipe: (d) with consecutive clips joined into
 windows of up to 30 s (samples/s counts clips, not windows), (e0) the default recipe as it
-was before issue 26: the top encoder layers' activations kept for backward
+was before issue 26: fp32, the top encoder layers' activations kept for backward
 (``--no-recompute-encoder-layers``) and glibc's heap keeping freed activations (its mmap
-threshold at the 32 MiB its dynamic threshold climbs to), (e') the default recipe in bf16
-where the CPU has native bf16, (e'') (e') keeping every activation. Each runs in its own
-process so peak RSS is its own. Prints samples/s, peak RSS and ratios against (a), and for
-(e0), (e') and (e'') against (e).
+threshold at the 32 MiB its dynamic threshold climbs to), (e') the default recipe as it was
+until 2026-12-05 (fp32, glibc's allocator), (e'') (e) keeping every activation. The rows run
+as ``whispertune train`` runs: on tcmalloc (or jemalloc) where the system has it, except
+those on glibc by name (``--allocator system``); precision ``auto`` (bf16 where native)
+unless named. Each runs in its own process so peak RSS is its own. Prints samples/s, peak
+RSS and ratios against (a), and for (e0), (e') and (e'') against (e).
 """
 
 from __future__ import annotations
@@ -189,13 +191,13 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from whispertune.train.hardware import cpu_has_bf16
+    from whispertune.train.hardware import caching_allocator_env, cpu_has_bf16
 
     # the peer's LoRA config and data: every clip trained, no hold-out, no generated clips
     same = "ours,lora_scope=all,lora_r=32,lora_alpha=64,holdout=0,no_speech_mix=0"
     rows = [
         ("(a) Seq2SeqTrainer + peft LoRA (fp32)", "peer"),
-        ("(b) whispertune train, LoRA (fp32)", same),
+        ("(b) whispertune train, LoRA (fp32)", same + ",precision=fp32"),
     ]
     if cpu_has_bf16():
         rows.append(("(b') whispertune train, LoRA (bf16)", same + ",precision=bf16"))
@@ -208,12 +210,16 @@ def main() -> None:
     )
     rows.append(("(d) the defaults, one clip per window", "ours,pack_seconds=0"))
     rows.append(("(e) whispertune train defaults (recipe)", "ours"))
-    rows.append(("(e0) (e) as before issue 26", "ours,recompute_encoder_layers=false"))
-    if cpu_has_bf16():
-        rows.append(("(e') (e) in bf16", "ours,precision=bf16"))
-        rows.append(
-            ("(e'') (e') without recomputing", "ours,precision=bf16,recompute_encoder_layers=false")
+    rows.append(
+        (
+            "(e0) (e) as before issue 26",
+            "ours,precision=fp32,allocator=system,recompute_encoder_layers=false",
         )
+    )
+    rows.append(
+        ("(e') (e) in fp32 on glibc (until 2026-12-05)", "ours,precision=fp32,allocator=system")
+    )
+    rows.append(("(e'') (e) without recomputing", "ours,recompute_encoder_layers=false"))
     if args.rows:
         wanted = {f"({r.strip('()')})" for r in args.rows}
         if wanted & {"(e0)", "(e')", "(e'')"}:
@@ -234,6 +240,8 @@ def main() -> None:
             str(args.batch_size),
         ]
         env = dict(os.environ)
+        if "allocator=system" not in spec:  # as `whispertune train` restarts itself
+            env = caching_allocator_env(env) or env
         if name.startswith("(e0)"):  # glibc's heap as it was: large freed blocks kept
             env["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
