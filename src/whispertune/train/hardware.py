@@ -129,9 +129,15 @@ def rerun_with_caching_allocator(argv: list[str]) -> None:
             "about 1.5x faster on tcmalloc: apt install libtcmalloc-minimal4)"
         )
         return
+    if not sys.executable:  # an embedded interpreter: nothing to restart
+        return
+    logging.getLogger(__name__).info("restarting on %s", env[PRELOADED])
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *argv], env)
+    except OSError as e:  # carry on where we are: slower, not broken
+        logging.getLogger(__name__).warning("could not restart on %s: %s", env[PRELOADED], e)
 
 
 def release_free_memory() -> None:
