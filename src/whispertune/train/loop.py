@@ -54,7 +54,7 @@ from whispertune.train.model import build_model, check_hardware, run_top_encoder
 from whispertune.train.packing import pack_samples
 from whispertune.train.recompute import keep_dropout_masks
 from whispertune.train.run_lock import LOCK_NAME, run_lock
-from whispertune.train.validate import PUBLISHED_STAGE, STAGE, FrozenEncoderPart, Validator
+from whispertune.train.validate import PUBLISHED_STAGE, STAGE, Validator
 
 logger = logging.getLogger(__name__)
 
@@ -412,7 +412,6 @@ class Trainer:
                 self.metric_name,
                 self.acc.device,
                 self.output_style,
-                FrozenEncoderPart(self.top_layers) if o.lora.encoder_frozen() else None,
             )
 
     def _write_run_file(self) -> None:

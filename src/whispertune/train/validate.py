@@ -11,9 +11,6 @@ temperature, no fallback or no-speech guards, no rescoring.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-from collections.abc import Iterator
 from dataclasses import replace
 
 from whispertune.backends.base import DecodeOptions
@@ -64,74 +61,6 @@ def validation_samples(samples: list[Sample], language: str | None) -> list[Samp
     return sorted(filled, key=lambda s: order[s.language])
 
 
-class FrozenEncoderPart:
-    """What the frozen part of the encoder makes of each eval batch, kept from the first
-    validation for the later ones.
-
-    Why: the layers below ``trained_layers`` (all of them with ``trained_layers`` 0) never
-    change in a run, yet each validation ran them again on the same clips: the convolutions
-    and 2 of whisper-base's 6 layers in the default recipe. Kept in the dtype they were
-    computed in, the later validations get the same tensors, so the same texts. Batches are
-    recognised by their features' bytes; past ``budget`` bytes nothing more is kept.
-    """
-
-    def __init__(self, trained_layers: int, budget: int = 256 << 20) -> None:
-        self.trained_layers = trained_layers
-        self.budget = budget
-        self.kept: dict[bytes, object] = {}
-        self.size = 0
-        self.reused = 0  # batches that skipped the frozen part (for tests and logs)
-
-    @contextlib.contextmanager
-    def reusing(self, encoder) -> Iterator[None]:
-        """Within this block ``encoder`` runs only its trained layers on a batch it has seen."""
-        computed = encoder.forward
-        top = self.trained_layers
-
-        def forward(input_features, *args, **kwargs):
-            from transformers.modeling_outputs import BaseModelOutput
-
-            from whispertune.train.model import run_top_encoder
-
-            key = _batch_key(input_features)
-            hidden = self.kept.get(key)
-            if hidden is not None:
-                self.reused += 1
-                if top:
-                    hidden = run_top_encoder(encoder, hidden, top, recompute=False)
-                return BaseModelOutput(last_hidden_state=hidden)
-            captured = []
-            hook = (
-                encoder.layers[-top].register_forward_pre_hook(
-                    lambda module, inputs: captured.append(inputs[0])
-                )
-                if top
-                else None
-            )
-            try:
-                out = computed(input_features, *args, **kwargs)
-            finally:
-                if hook is not None:
-                    hook.remove()
-            frozen = captured[0] if top else out.last_hidden_state
-            if self.size + frozen.nbytes <= self.budget:
-                self.kept[key] = frozen.detach()
-                self.size += frozen.nbytes
-            return out
-
-        encoder.forward = forward
-        try:
-            yield
-        finally:
-            del encoder.forward
-
-
-def _batch_key(features) -> bytes:
-    array = features.detach().cpu().contiguous().numpy()
-    digest = hashlib.blake2b(array.tobytes(), digest_size=16).digest()
-    return digest + repr((array.shape, array.dtype)).encode()
-
-
 class Validator:
     """Scores a model (the one in training, or best/ as published) on the eval set."""
 
@@ -143,10 +72,8 @@ class Validator:
         metric: str,
         device,
         style: OutputStyle,
-        frozen: FrozenEncoderPart | None = None,
     ) -> None:
         self.processor = processor
-        self.frozen = frozen
         self.samples = validation_samples(samples, options.data.language)
         self.decode = validation_decode(options, max_new_tokens(processor.tokenizer, samples))
         self.metric = metric
@@ -169,24 +96,18 @@ class Validator:
         was_training = model.training
         model.eval()
         release_free_memory()  # what the steps freed, so the decoding does not add to it
-        reusing = contextlib.nullcontext()
-        if self.frozen is not None and stage == STAGE:  # best/ as published is another model
-            from whispertune.train.model import top_encoder
-
-            reusing = self.frozen.reusing(top_encoder(model))
         try:
             transcriber = HFTranscriber.from_loaded(
                 model, self.processor, device=self.device, style=self.style
             )
-            with reusing:
-                report = evaluate_samples(
-                    transcriber,
-                    self.samples,
-                    decode=self.decode,
-                    metric=self.metric,
-                    progress=restaged,
-                    source=self.source,
-                )
+            report = evaluate_samples(
+                transcriber,
+                self.samples,
+                decode=self.decode,
+                metric=self.metric,
+                progress=restaged,
+                source=self.source,
+            )
         finally:
             if was_training:
                 model.train()
