@@ -260,7 +260,7 @@ class OptimOptions:
         metadata={
             "help": "auto: where the system has tcmalloc or jemalloc (Debian/Ubuntu: apt "
             "install libtcmalloc-minimal4), 'whispertune train' restarts itself with it "
-            "preloaded, for steps about 1.5x faster on a CPU at the same memory (glibc's "
+            "preloaded, for steps about 1.5x faster on a CPU at a little more memory (glibc's "
             "allocator either hands a step's freed activations back to the OS, to fault "
             "them in again the next step, or keeps them in a heap that grows over a run); "
             "system: the allocator the process started with",
