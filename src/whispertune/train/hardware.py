@@ -60,13 +60,15 @@ _ALLOCATOR_ENV = {
 }
 
 
+@lru_cache(maxsize=1)
 def loaded_caching_allocator() -> str | None:
-    """The caching allocator (tcmalloc, jemalloc) this process runs on, if any."""
+    """The caching allocator (tcmalloc, jemalloc) this process runs on, if any: fixed when
+    the process starts, so read once (the trainer asks around every validation)."""
     try:
         maps = open("/proc/self/maps", encoding="utf-8").read()
     except OSError:
         return None
-    for name in ("tcmalloc", "jemalloc"):
+    for name in _ALLOCATOR_ENV:
         if f"/lib{name}" in maps:
             return name
     return None
