@@ -137,9 +137,12 @@ def test_encoder_cache_gives_the_same_loss(tiny_model, tmp_path, trained_layers)
     ds = SpeechDataset(
         read_manifest(manifest), processor.feature_extractor, processor.tokenizer, special, o
     )
-    cache = build_encoder_cache(
-        loaded.model.get_encoder(), ds, tmp_path / "cache", "k", trained_layers=trained_layers
-    )
+    encoder = loaded.model.get_encoder()
+    ran_last = []  # the trained layer does not run while its input is cached
+    hook = encoder.layers[-1].register_forward_hook(lambda *args: ran_last.append(1))
+    cache = build_encoder_cache(encoder, ds, tmp_path / "cache", "k", trained_layers=trained_layers)
+    hook.remove()
+    assert len(ran_last) == (0 if trained_layers else 1)  # 4 clips, one batch
     plain = collate([ds[i] for i in range(4)], special.eot, special.sot)
     cached = collate([CachedDataset(ds, cache)[i] for i in range(4)], special.eot, special.sot)
     model = loaded.model.eval()

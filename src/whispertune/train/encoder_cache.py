@@ -27,6 +27,12 @@ from whispertune.train.packing import GAPS, PARTS
 logger = logging.getLogger(__name__)
 
 
+class _Captured(Exception):
+    """Stops the encoder once the input of its first trained layer is captured: the layers
+    above it would run (4 of whisper-base's 6 by default) only for their output to be thrown
+    away."""
+
+
 class EncoderCache:
     def __init__(self, path: Path, count: int, frames: int, width: int) -> None:
         self.path = path
@@ -81,7 +87,7 @@ def build_encoder_cache(
     """Encode every clip of ``dataset`` (unaugmented) into ``directory/encoder-KEY.f16``.
 
     With ``trained_layers`` N > 0 the cache holds what enters the last N layers (those are
-    trained), not the encoder's output.
+    trained), not the encoder's output, and only the layers below them run.
 
     A finished cache is reused; a partial one (killed run) is rebuilt: completion is marked by
     a sidecar JSON written after the data is flushed. A set ``cancel`` stops at the next batch
@@ -108,17 +114,21 @@ def build_encoder_cache(
     captured: list[torch.Tensor] = []
     hook = None
     if trained_layers:
-        hook = encoder.layers[-trained_layers].register_forward_pre_hook(
-            lambda module, args: captured.append(args[0])
-        )
+
+        def capture(module, args):
+            captured.append(args[0])
+            raise _Captured
+
+        hook = encoder.layers[-trained_layers].register_forward_pre_hook(capture)
     try:
         for i in range(0, n, batch_size):
             check_cancel(cancel, "encoder cache")
             idx = list(range(i, min(n, i + batch_size)))
             feats = np.stack([dataset.features(dataset.audio(j)) for j in idx])
             features = torch.from_numpy(feats).to(param.device, param.dtype)
-            hidden = encoder(features).last_hidden_state
-            if trained_layers:
+            try:
+                hidden = encoder(features).last_hidden_state
+            except _Captured:
                 hidden = captured.pop()
             out[idx[0] : idx[-1] + 1] = hidden.float().cpu().numpy().astype(np.float16)
             if progress is not None:
