@@ -47,14 +47,15 @@ from whispertune.train.dataset import (
 )
 from whispertune.train.hardware import (
     loaded_caching_allocator,
+    release_free_memory,
     return_freed_activations_to_the_os,
 )
 from whispertune.train.labels import SpecialTokens
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 from whispertune.train.packing import pack_samples
-from whispertune.train.recompute import keep_dropout_masks
+from whispertune.train.recompute import use_seeded_dropouts
 from whispertune.train.run_lock import LOCK_NAME, run_lock
-from whispertune.train.validate import PUBLISHED_STAGE, STAGE, Validator
+from whispertune.train.validate import PUBLISHED_STAGE, STAGE, FrozenEncoderPart, Validator
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +320,7 @@ class Trainer:
         if self.use_cache:
             self.train_data = self._encoder_cache(model)
             if self.top_layers and o.optim.recompute_encoder_layers:
-                keep_dropout_masks(top_encoder(model).layers[-self.top_layers :])
+                use_seeded_dropouts(top_encoder(model).layers[-self.top_layers :])
         else:
             self.train_data = self.dataset
             if o.lora.encoder_cache and o.lora.encoder_frozen() and o.augmenting():
@@ -370,6 +371,7 @@ class Trainer:
                 trained_layers=self.top_layers,
                 cancel=self.cancel,
             )
+            release_free_memory()  # the build's batches are not the steps' sizes
         self.acc.wait_for_everyone()
         if not self.acc.is_local_main_process:
             cache = EncoderCache(
@@ -405,6 +407,7 @@ class Trainer:
         o = self.o
         self.metric_name = choose_metric(o.evaluation.metric, self.eval_samples, o.data.language)
         if self.is_main:
+            frozen = o.lora.encoder_frozen()
             self.validator = Validator(
                 self.processor,
                 self.eval_samples,
@@ -412,6 +415,7 @@ class Trainer:
                 self.metric_name,
                 self.acc.device,
                 self.output_style,
+                FrozenEncoderPart(self.top_layers, self.run_dir) if frozen else None,
             )
 
     def _write_run_file(self) -> None:
