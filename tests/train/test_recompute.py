@@ -26,10 +26,16 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _model(tiny_model):
+def _model(tiny_model, method: str = "lora"):
     o = options.build(
         TrainOptions,
-        {"model": str(tiny_model), "train": "t.jsonl", "output": "o", "lora_dropout": 0.3},
+        {
+            "model": str(tiny_model),
+            "train": "t.jsonl",
+            "output": "o",
+            "lora_dropout": 0.3,
+            "method": method,
+        },
     )
     model = build_model(o, 10).model
     model.train()
@@ -87,6 +93,23 @@ def test_recomputed_layers_give_the_gradients_of_keeping_everything(tiny_model, 
     # and the masks matter: another draw gives other gradients
     other = _step(model, hidden, ids, recompute=True, dtype=dtype, ops=None, seed=1)[1]
     assert any(not torch.equal(other[n], g) for n, g in kept.items())
+
+
+def test_adalora_layers_recompute_their_projections(tiny_model):
+    """AdaLoRA adds its branch to the base projection's output in place: that output is not
+    kept (torch refuses a kept tensor changed in place), it runs again; the gradients are
+    still those of keeping everything."""
+    model = _model(tiny_model, "adalora")
+    use_seeded_dropouts(top_encoder(model).layers[-2:])
+    hidden = torch.randn(2, 1500, 64)
+    ids = torch.randint(0, 50000, (2, 12))
+    kept_loss, kept = _step(model, hidden, ids, False, torch.float32, None)
+    backward = _OpCounter()
+    loss, recomputed = _step(model, hidden, ids, True, torch.float32, backward)
+    assert loss == kept_loss and kept.keys() == recomputed.keys()
+    for name, grad in kept.items():
+        torch.testing.assert_close(recomputed[name], grad, rtol=0, atol=0, msg=name)
+    assert backward.counts.get("addmm", 0) > 2  # the projections ran again, not only fc1
 
 
 def test_seeded_dropout_is_dropout():

@@ -240,9 +240,10 @@ class OptimOptions:
         default=True,
         metadata={
             "help": "on the encoder cache, the trained top encoder layers keep only their "
-            "input for the backward pass and run their forward again there (the same "
-            "gradients): at batch 8, 30 s windows, whisper-base, 2.4 GB less memory for "
-            "one more forward of those layers (docs/benchmarks.md). "
+            "input, attention and projections for the backward pass and run the rest of "
+            "their forward again there (the same gradients): at batch 8, 30 s windows, "
+            "whisper-base, about 2 GB less memory for part of a forward of those layers "
+            "(docs/benchmarks.md). "
             "--no-recompute-encoder-layers keeps the activations"
         },
     )

@@ -185,7 +185,7 @@ def run_top_encoder(
     holds), the same computation as ``WhisperEncoder.forward`` from that layer on.
 
     ``recompute`` (in training): each layer keeps only its input, its attention's forward and
-    its dropout masks for the backward pass and runs the rest of its forward again there
+    its projections but fc1 for the backward pass and runs the rest of its forward again there
     (:mod:`whispertune.train.recompute`; the same gradients, bit for bit). Why: at batch 8 a
     30 s window's layer keeps ~0.6 GB of activations for backward (the 2048-wide MLP, its GELU
     and the LoRA dropout copies), 2.4 GB for 4 layers, most of a step's memory; the

@@ -84,8 +84,20 @@ def use_seeded_dropouts(layers: nn.Module) -> int:
     return swapped
 
 
+def _adds_out_of_place(layer: nn.Module) -> bool:
+    """Whether every adapter of ``layer`` adds its branch to a new tensor, as peft's plain LoRA
+    does. AdaLoRA adds to the base projection's output in place, and LoRA variants (DoRA)
+    may: a kept output changed in place is not what backward needs (torch refuses it)."""
+    from peft.tuners.lora.layer import Linear, LoraLayer
+
+    return not any(
+        isinstance(m, LoraLayer) and (type(m) is not Linear or getattr(m, "lora_variant", None))
+        for m in layer.modules()
+    )
+
+
 def _policy(width: int, ctx, func, *args, **kwargs) -> CheckpointPolicy:
-    if func in _KEPT_OPS or _projection(func, args, width):
+    if func in _KEPT_OPS or (width and _projection(func, args, width)):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
@@ -109,8 +121,9 @@ def _projection(func, args, width: int) -> bool:
 
 def recomputed(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """``layer(hidden, None)``, keeping for backward its input, its attention's forward and
-    the outputs of its q, k, v, out and fc2 projections; the norms, fc1, the GELU and the
-    LoRA branches (a :class:`SeededDropout`'s mask too) run again in backward."""
-    policy = partial(_policy, hidden.shape[-1])
-    contexts = partial(create_selective_checkpoint_contexts, policy)
+    the outputs of its q, k, v, out and fc2 projections (where its adapters allow it); the
+    norms, fc1, the GELU and the LoRA branches (a :class:`SeededDropout`'s mask too) run
+    again in backward."""
+    width = hidden.shape[-1] if _adds_out_of_place(layer) else 0  # 0: no projection kept
+    contexts = partial(create_selective_checkpoint_contexts, partial(_policy, width))
     return checkpoint(layer, hidden, None, use_reentrant=False, context_fn=contexts)
