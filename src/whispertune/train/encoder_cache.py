@@ -33,6 +33,29 @@ class _Captured(Exception):
     away."""
 
 
+def frozen_part(run: Callable, encoder, features: torch.Tensor, trained_layers: int):
+    """What ``encoder``'s frozen part makes of ``features``: the input of its last
+    ``trained_layers`` layers, only the layers below them run (the hook that captures it
+    ends the pass); with 0, its output. ``run`` is the encoder's forward (the module, or the
+    forward a wrapper of it calls)."""
+    if not trained_layers:
+        return run(features).last_hidden_state
+    captured: list[torch.Tensor] = []
+
+    def capture(module, args):
+        captured.append(args[0])
+        raise _Captured
+
+    hook = encoder.layers[-trained_layers].register_forward_pre_hook(capture)
+    try:
+        run(features)
+    except _Captured:
+        pass
+    finally:
+        hook.remove()
+    return captured.pop()
+
+
 class EncoderCache:
     def __init__(self, path: Path, count: int, frames: int, width: int) -> None:
         self.path = path
@@ -111,25 +134,13 @@ def build_encoder_cache(
     out = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, frames, d_model))
     encoder.eval()
     param = next(encoder.parameters())
-    captured: list[torch.Tensor] = []
-    hook = None
-    if trained_layers:
-
-        def capture(module, args):
-            captured.append(args[0])
-            raise _Captured
-
-        hook = encoder.layers[-trained_layers].register_forward_pre_hook(capture)
     try:
         for i in range(0, n, batch_size):
             check_cancel(cancel, "encoder cache")
             idx = list(range(i, min(n, i + batch_size)))
             feats = np.stack([dataset.features(dataset.audio(j)) for j in idx])
             features = torch.from_numpy(feats).to(param.device, param.dtype)
-            try:
-                hidden = encoder(features).last_hidden_state
-            except _Captured:
-                hidden = captured.pop()
+            hidden = frozen_part(encoder, encoder, features, trained_layers)
             out[idx[0] : idx[-1] + 1] = hidden.float().cpu().numpy().astype(np.float16)
             if progress is not None:
                 progress(idx[-1] + 1, n)
@@ -137,9 +148,6 @@ def build_encoder_cache(
         del out
         tmp.unlink(missing_ok=True)  # a cancelled or failed build leaves no partial file
         raise
-    finally:
-        if hook is not None:
-            hook.remove()
     out.flush()
     del out
     os.replace(tmp, data_path)

@@ -129,30 +129,21 @@ class FrozenEncoderPart:
             def forward(input_features, *args, **kwargs):
                 from transformers.modeling_outputs import BaseModelOutput
 
+                from whispertune.train.encoder_cache import frozen_part
                 from whispertune.train.model import run_top_encoder
 
                 key = _batch_key(input_features)
                 if key in self.kept:
                     self.reused += 1
                     hidden = self._read(key, input_features.device)
-                    if top:
-                        hidden = run_top_encoder(encoder, hidden, top, recompute=False)
-                    return BaseModelOutput(last_hidden_state=hidden)
-                captured = []
-                hook = (
-                    encoder.layers[-top].register_forward_pre_hook(
-                        lambda module, inputs: captured.append(inputs[0])
+                else:  # the same computation as the encoder's own, kept for the next time
+                    hidden = frozen_part(
+                        lambda f: computed(f, *args, **kwargs), encoder, input_features, top
                     )
-                    if top
-                    else None
-                )
-                try:
-                    out = computed(input_features, *args, **kwargs)
-                finally:
-                    if hook is not None:
-                        hook.remove()
-                self._write(key, captured[0] if top else out.last_hidden_state)
-                return out
+                    self._write(key, hidden)
+                if top:
+                    hidden = run_top_encoder(encoder, hidden, top, recompute=False)
+                return BaseModelOutput(last_hidden_state=hidden)
 
             return forward
 
