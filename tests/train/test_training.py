@@ -17,8 +17,12 @@ from safetensors.torch import load_file
 
 from tests.train.conftest import write_manifest
 from whispertune import options
+from whispertune.data.manifest import read_manifest
 from whispertune.errors import UserError
+from whispertune.models.loading import load_transformers
+from whispertune.output_style import OutputStyle
 from whispertune.train import TrainOptions, hardware, train
+from whispertune.train.validate import Validator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -454,6 +458,10 @@ def test_best_is_the_average_of_the_best_and_the_newest_checkpoints(tiny_model, 
     ]
     config = json.loads((result.best_dir / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (24, 24)  # rank 3 x 8, alpha/r x 0.5
+    # scored beside the trained adapter (no second model), with the figure best/ gets loaded
+    loaded = load_transformers(str(result.best_dir))
+    alone = Validator(loaded.processor, read_manifest(held), o, "cer", "cpu", OutputStyle())
+    assert alone.score(loaded.model) == result.published_metric
 
     def merged(adapter: Path) -> dict[str, torch.Tensor]:
         base = WhisperForConditionalGeneration.from_pretrained(tiny_model)

@@ -36,6 +36,7 @@ from whispertune.progress import Cancelled, ProgressCallback, ProgressEvent, Rep
 from whispertune.train import checkpoint as ckpt
 from whispertune.train.config import TrainOptions
 from whispertune.train.dataset import (
+    LABEL_MULTIPLE,
     SpeechDataset,
     collate,
     epoch_batches,
@@ -51,11 +52,14 @@ from whispertune.train.hardware import (
     return_freed_activations_to_the_os,
 )
 from whispertune.train.labels import SpecialTokens
+from whispertune.train.loss import decoder_states_as_logits, projected_cross_entropy
 from whispertune.train.model import build_model, check_hardware, run_top_encoder, top_encoder
 from whispertune.train.packing import pack_samples
 from whispertune.train.recompute import use_seeded_dropouts
 from whispertune.train.run_lock import LOCK_NAME, run_lock
 from whispertune.train.validate import PUBLISHED_STAGE, STAGE, FrozenEncoderPart, Validator
+
+PUBLISHED_ADAPTER = "published"  # best/'s adapter while the run scores it
 
 logger = logging.getLogger(__name__)
 
@@ -567,7 +571,13 @@ class Trainer:
         return batches, torch.utils.data.DataLoader(
             self.train_data,
             batch_sampler=batches[skip:],
-            collate_fn=functools.partial(collate, pad_id=pad, sot=self.special.sot),
+            collate_fn=functools.partial(
+                collate,
+                pad_id=pad,
+                sot=self.special.sot,
+                multiple=LABEL_MULTIPLE,
+                limit=self.acc.unwrap_model(self.model).config.max_target_positions,
+            ),
             num_workers=max(0, o.run.num_workers),
             persistent_workers=False,
             # a private generator: worker seeds must not draw from the global RNG (dropout's),
@@ -611,14 +621,19 @@ class Trainer:
                 kwargs["encoder_outputs"] = (hidden,)
             else:
                 kwargs["input_features"] = batch["input_features"].to(device)
-            logits = self.model(**kwargs).logits
-        labels = batch["labels"].to(device)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=self.o.optim.label_smoothing,
-        )
+            labels = batch["labels"].to(device)
+            smoothing = self.o.optim.label_smoothing
+            with decoder_states_as_logits(self.acc.unwrap_model(self.model)) as projection:
+                out = self.model(**kwargs).logits
+            if projection is not None:  # the logits made block by block (train/loss.py)
+                loss = projected_cross_entropy(out, projection.weight, labels, smoothing)
+        if projection is None:
+            loss = torch.nn.functional.cross_entropy(
+                out.float().reshape(-1, out.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=-100,
+                label_smoothing=smoothing,
+            )
         if self.o.lora.method == "adalora":
             loss = loss + adalora_orthogonal_penalty(self.acc.unwrap_model(self.model))
         return loss
@@ -869,17 +884,11 @@ class Trainer:
     def _evaluate_published(self, best: Path) -> float:
         """Score best/ as users will load it (averaged and scaled), so the figure the run
         reports is the published model's, not only the full-scale best epoch's."""
-        from whispertune.models.loading import load_transformers
-
         t = time.perf_counter()
-        # a second copy of the model: in the training precision on a GPU, where memory is short
-        device = self.acc.device
-        dtype = self.o.optim.resolved_precision() if device.type == "cuda" else "fp32"
-        loaded = load_transformers(str(best), dtype=dtype, device=str(device))
-        rate = self.validator.score(loaded.model, self.progress, PUBLISHED_STAGE)
-        del loaded
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if self.o.lora.method == "lora":
+            rate = self._score_adapter_in_place(best)
+        else:
+            rate = self._score_loaded(best)
         seconds = time.perf_counter() - t
         metric = self.metric_name
         self._log(
@@ -887,6 +896,37 @@ class Trainer:
         )
         message = f"best/ as published: eval {metric} {rate * 100:.2f} %"
         self._validated(PUBLISHED_STAGE, message, {metric: rate}, seconds)
+        return rate
+
+    def _score_adapter_in_place(self, best: Path) -> float:
+        """best/'s adapter scored on the model in training, beside the adapter trained: the
+        same base weights, so no second model (276 MB of weights for whisper-base and the
+        copies a merge makes, the run's peak in the default recipe before). The adapter is
+        applied as it is trained, unmerged: the same function as best/ merged, up to float
+        rounding."""
+        model = self.acc.unwrap_model(self.model)
+        trained = model.active_adapter
+        model.load_adapter(str(best), adapter_name=PUBLISHED_ADAPTER)
+        try:
+            model.set_adapter(PUBLISHED_ADAPTER, inference_mode=True)
+            return self.validator.score(model, self.progress, PUBLISHED_STAGE)
+        finally:
+            model.set_adapter(trained)
+            model.delete_adapter(PUBLISHED_ADAPTER)
+
+    def _score_loaded(self, best: Path) -> float:
+        """best/ loaded as users load it: where its adapter cannot sit beside the trained one
+        (AdaLoRA trains a single adapter)."""
+        from whispertune.models.loading import load_transformers
+
+        # in the training precision on a GPU, where memory is short
+        device = self.acc.device
+        dtype = self.o.optim.resolved_precision() if device.type == "cuda" else "fp32"
+        loaded = load_transformers(str(best), dtype=dtype, device=str(device))
+        rate = self.validator.score(loaded.model, self.progress, PUBLISHED_STAGE)
+        del loaded
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         return rate
 
     def _close(self) -> None:
