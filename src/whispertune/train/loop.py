@@ -882,8 +882,8 @@ class Trainer:
             )
 
     def _evaluate_published(self, best: Path) -> float:
-        """Score best/ as users will load it (averaged and scaled), so the figure the run
-        reports is the published model's, not only the full-scale best epoch's."""
+        """Score best/ as published (averaged and scaled), so the figure the run reports is
+        the published model's, not only the full-scale best epoch's."""
         t = time.perf_counter()
         if self.o.lora.method == "lora":
             rate = self._score_adapter_in_place(best)
