@@ -208,10 +208,10 @@ def collate(
     decoder sees a few shapes a run. The padded positions are masked out of the loss, and
     the decoder's causal attention keeps them from the real ones.
     """
-    longest = max(len(b["labels"]) for b in batch)
-    longest = -(-longest // multiple) * multiple
+    needed = max(len(b["labels"]) for b in batch)
+    longest = -(-needed // multiple) * multiple
     if limit is not None:
-        longest = min(longest, max(limit, max(len(b["labels"]) for b in batch)))
+        longest = max(needed, min(longest, limit))
     labels = torch.full((len(batch), longest), -100, dtype=torch.long)
     decoder_in = torch.full((len(batch), longest), pad_id, dtype=torch.long)
     for i, b in enumerate(batch):

@@ -43,15 +43,14 @@ def decoder_states_as_logits(model) -> Iterator[torch.nn.Module | None]:
     of logits, and yields the projection to give :func:`projected_cross_entropy`; yields None
     (the model unchanged) where the projection is not plain. The forward still goes through
     ``model`` itself: under DDP that is what makes the gradients synchronise."""
+    from whispertune.train.model import forward_wrapped
+
     projection = model.get_output_embeddings()
     if projection is None or not projects_plainly(projection):
         yield None
         return
-    projection.forward = _identity
-    try:
+    with forward_wrapped(projection, lambda computed: _identity):
         yield projection
-    finally:
-        del projection.forward
 
 
 def _identity(hidden: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@ decoder's) weights trainable."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -168,6 +170,22 @@ def adalora_schedule(total_steps: int) -> dict[str, int]:
         "tfinal": tfinal,
         "deltaT": max(1, total_steps // 50),
     }
+
+
+@contextlib.contextmanager
+def forward_wrapped(module: torch.nn.Module, wrap: Callable) -> Iterator[None]:
+    """Within this block ``module`` runs ``wrap(its forward)``; blocks nest. How the trainer
+    changes what a part of the model does for one pass (validation, the loss) without
+    replacing the module: its weights, adapters and hooks stay where they are."""
+    previous = vars(module).get("forward")
+    module.forward = wrap(module.forward)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
 
 
 def top_encoder(model) -> torch.nn.Module:

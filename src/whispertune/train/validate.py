@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,7 +146,9 @@ class FrozenEncoderPart:
 
             return forward
 
-        return _forward_wrapped(encoder, wrap)
+        from whispertune.train.model import forward_wrapped
+
+        return forward_wrapped(encoder, wrap)
 
     def close(self) -> None:
         if self._file is not None:
@@ -155,20 +156,6 @@ class FrozenEncoderPart:
             self._file = None
         self.kept.clear()
         self.size = 0
-
-
-@contextlib.contextmanager
-def _forward_wrapped(module, wrap) -> Iterator[None]:
-    """Within this block ``module`` runs ``wrap(its forward)``; blocks nest."""
-    previous = vars(module).get("forward")
-    module.forward = wrap(module.forward)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del module.forward
-        else:
-            module.forward = previous
 
 
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
@@ -195,7 +182,9 @@ def encoder_precision(
 
         return forward
 
-    return _forward_wrapped(encoder, wrap)
+    from whispertune.train.model import forward_wrapped
+
+    return forward_wrapped(encoder, wrap)
 
 
 def _batch_key(features) -> bytes:
