@@ -122,3 +122,22 @@ def test_starts_then_the_rest_give_the_whole_and_compute_only_what_is_asked(
     # asked again (whole or a start): nothing computed
     scorer.logprobs(state, PROMPT, [first, variant[:2]], [None, 1])
     assert len(state.scored) == 4
+
+
+def test_clip_keys_and_values_in_bf16_stay_near_and_consistent(tiny_ct2_dir, reference):
+    """With the bf16 encoder the clip's cross-attention keys and values are projected in
+    bf16: near transformers' scores, and, computed once a clip, the same for every text
+    scored against it, so a start scored first and its rest later give the whole."""
+    encoded, eot, want = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot, clip_bf16=True)
+    assert scorer.layers[0].cross_kv.precision == "bfloat16"
+    state = scorer.clip(encoded)
+    first, variant = SEQUENCES[0], SEQUENCES[3]
+    starts = scorer.logprobs(state, PROMPT, [first, variant], [2, 3])
+    whole = scorer.logprobs(state, PROMPT, [first, variant])
+    for got, seq in zip(whole, (first, variant), strict=True):
+        np.testing.assert_allclose(got, want(seq), atol=0.05)
+    np.testing.assert_allclose(starts[0], whole[0][:2], atol=1e-6)
+    np.testing.assert_allclose(starts[1], whole[1][:3], atol=1e-6)
+    fresh = scorer.logprobs(scorer.clip(encoded), PROMPT, [variant])[0]
+    np.testing.assert_allclose(fresh, whole[1], atol=1e-6)

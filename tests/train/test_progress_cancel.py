@@ -77,7 +77,10 @@ def test_events_arrive_in_order_within_their_totals(tiny_model, tmp_path, own_ca
 
 
 def test_cancel_then_resume_ends_with_the_uninterrupted_weights(tiny_model, tmp_path):
-    whole = train(_run_opts(tiny_model, tmp_path, "a"))
+    # Every run on one more thread than the process has, so that train() must set and then
+    # restore it; the same count in all three, as a different one sums in another order.
+    threads = torch.get_num_threads()
+    whole = train(_run_opts(tiny_model, tmp_path, "a", threads=threads + 1))
 
     cancel = threading.Event()
 
@@ -85,7 +88,6 @@ def test_cancel_then_resume_ends_with_the_uninterrupted_weights(tiny_model, tmp_
         if event.stage == "train" and event.done == 5:  # mid-epoch, between evaluations
             cancel.set()
 
-    threads = torch.get_num_threads()
     with pytest.raises(Cancelled) as stopped:
         train(_run_opts(tiny_model, tmp_path, "b", threads=threads + 1), progress=stop_at_step_5,
               cancel=cancel)
@@ -95,7 +97,7 @@ def test_cancel_then_resume_ends_with_the_uninterrupted_weights(tiny_model, tmp_
     assert (tmp_path / "b/latest").read_text().strip() == "step-0000005"
     assert not (tmp_path / "b/checkpoints/step-0000006").exists()
 
-    resumed = train(_run_opts(tiny_model, tmp_path, "b", resume=True))
+    resumed = train(_run_opts(tiny_model, tmp_path, "b", threads=threads + 1, resume=True))
     a = load_file(str(tmp_path / "a/checkpoints/step-0000010/adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b/checkpoints/step-0000010/adapter_model.safetensors"))
     for name in a:

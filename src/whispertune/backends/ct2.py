@@ -31,6 +31,7 @@ from whispertune.backends.base import (
     Transcript,
     Word,
 )
+from whispertune.backends.bf16_encoder import bf16_encoder_for
 from whispertune.backends.decoder_scorer import ClipScores, DecoderScorer, scorer_for
 from whispertune.backends.decoding import (
     MAX_TARGET_TOKENS,
@@ -53,6 +54,7 @@ from whispertune.rescoring import (
     rescore_text,
     wants_rescoring,
 )
+from whispertune.train.hardware import cpu_has_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +119,18 @@ class CT2Transcriber(Transcriber):
         device: str = "cpu",
         workers: int = 0,
         device_index: int = 0,
+        bf16_encoder: bool | None = None,
     ) -> None:
         """``threads`` in all; ``workers`` (0 = auto) parts of a batch decoded at once, each
         on threads // workers cores. On CPU the default is two workers: parts of a batch on
         one core each used 5-13 % less CPU time than the whole batch on two cores (measured on
         2 cores, long-form and short clips) — small GEMMs scale poorly across threads — and
-        keep both cores busy while the other worker is in Python."""
+        keep both cores busy while the other worker is in Python.
+
+        ``bf16_encoder`` (None = where it pays): the encoder in torch bf16 instead of
+        CTranslate2's int8 (backends/bf16_encoder.py), on a CPU with native bf16 and an int8
+        compute type; False keeps CTranslate2's encoder everywhere (the same numbers on every
+        CPU generation)."""
         from faster_whisper import WhisperModel
 
         self.source = model if isinstance(model, ModelSource) else resolve(model)
@@ -152,6 +160,9 @@ class CT2Transcriber(Transcriber):
             ) from e
         self.model = self.fw.model
         self.scores_end_of_text = self.scores_prefixes = device == "cpu"
+        if bf16_encoder is None:
+            bf16_encoder = device == "cpu" and compute_type.startswith("int8") and cpu_has_bf16()
+        self._bf16_encoder = bf16_encoder_for(self.model_dir, threads) if bf16_encoder else None
         self._scorer: DecoderScorer | None = None  # rescoring's decoder, on first use
         self._warm_up: threading.Thread | None = None
         if workers > 1:
@@ -215,6 +226,8 @@ class CT2Transcriber(Transcriber):
     def _encode(self, feats: np.ndarray):
         import ctranslate2
 
+        if self._bf16_encoder is not None:
+            return ctranslate2.StorageView.from_array(self._bf16_encoder(feats))
         return self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
 
     def _subset(self, encoded, feats: np.ndarray, idx: list[int], total: int):
@@ -284,7 +297,12 @@ class CT2Transcriber(Transcriber):
 
     def _decoder_scorer(self) -> DecoderScorer:
         if self._scorer is None:  # the workers may race here: scorer_for gives them one
-            self._scorer = scorer_for(self.model_dir, self.eot, self.threads_per_worker)
+            self._scorer = scorer_for(
+                self.model_dir,
+                self.eot,
+                self.threads_per_worker,
+                clip_bf16=self._bf16_encoder is not None,
+            )
         return self._scorer
 
     def _transcribe_batch(self, batch: ClipBatch, options: DecodeOptions) -> list[Transcript]:
