@@ -67,16 +67,11 @@ def test_the_backend_encodes_in_bf16_where_the_cpu_has_it(tiny_ct2_dir, monkeypa
     monkeypatch.setattr(ct2_backend, "cpu_has_bf16", lambda: True)
     on = ct2_backend.CT2Transcriber(str(tiny_ct2_dir), threads=1)
     assert on._bf16_encoder is not None
-    assert (
-        ct2_backend.CT2Transcriber(str(tiny_ct2_dir), threads=1, bf16_encoder=False)._bf16_encoder
-        is None
-    )
-    assert (
-        ct2_backend.CT2Transcriber(
-            str(tiny_ct2_dir), threads=1, compute_type="float32"
-        )._bf16_encoder
-        is None
-    )  # a float32 model was asked for: CTranslate2's float32 encoder
+    off = ct2_backend.CT2Transcriber(str(tiny_ct2_dir), threads=1, bf16_encoder=False)
+    assert off._bf16_encoder is None
+    for other in ("float32", "int8_float32"):  # asked for: CTranslate2's own encoder
+        model = ct2_backend.CT2Transcriber(str(tiny_ct2_dir), threads=1, compute_type=other)
+        assert model._bf16_encoder is None
     monkeypatch.setattr(ct2_backend, "cpu_has_bf16", lambda: False)
     assert ct2_backend.CT2Transcriber(str(tiny_ct2_dir), threads=1)._bf16_encoder is None
     # it decodes: CTranslate2's generate takes the encoder output

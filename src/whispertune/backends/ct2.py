@@ -128,9 +128,9 @@ class CT2Transcriber(Transcriber):
         keep both cores busy while the other worker is in Python.
 
         ``bf16_encoder`` (None = where it pays): the encoder in torch bf16 instead of
-        CTranslate2's int8 (backends/bf16_encoder.py), on a CPU with native bf16 and an int8
-        compute type; False keeps CTranslate2's encoder everywhere (the same numbers on every
-        CPU generation)."""
+        CTranslate2's int8 (backends/bf16_encoder.py), on a CPU with native bf16 and the
+        default compute type ``int8``; False, or the compute type ``int8_float32`` (the same
+        as ``int8`` in CTranslate2 on a CPU), keeps CTranslate2's int8 encoder."""
         from faster_whisper import WhisperModel
 
         self.source = model if isinstance(model, ModelSource) else resolve(model)
@@ -161,7 +161,7 @@ class CT2Transcriber(Transcriber):
         self.model = self.fw.model
         self.scores_end_of_text = self.scores_prefixes = device == "cpu"
         if bf16_encoder is None:
-            bf16_encoder = device == "cpu" and compute_type.startswith("int8") and cpu_has_bf16()
+            bf16_encoder = device == "cpu" and compute_type == "int8" and cpu_has_bf16()
         self._bf16_encoder = bf16_encoder_for(self.model_dir, threads) if bf16_encoder else None
         self._scorer: DecoderScorer | None = None  # rescoring's decoder, on first use
         self._warm_up: threading.Thread | None = None
