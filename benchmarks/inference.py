@@ -9,7 +9,9 @@ Dataset part: the AISHELL test split (the last 56 lines of
 language given (zh), one row per runner: clips/s, RTF, CER, peak RSS, and the ratio of clips/s
 to faster-whisper's ``WhisperModel.transcribe`` loop (the peer). Our rows: ``evaluate`` as it
 decodes Mandarin by default (rescored), with ``--no-rescore``, and with rescoring as it was
-before it pruned candidates; the line under the table is what rescoring adds to the time.
+before it pruned candidates; on a CPU with native bf16 the first two again with CTranslate2's
+int8 encoder (the bf16 encoder's peer); the lines under the table are what rescoring adds to
+the time.
 
 Long-form part: ../shared/data/longform (3.6 min of Mandarin): our two long-form modes against
 faster-whisper's sequential ``transcribe`` and its ``BatchedInferencePipeline``: RTF, CER of
@@ -39,6 +41,7 @@ LONGFORM = SHARED / "longform" / "manifest.jsonl"
 PEER = "faster-whisper transcribe loop"
 RESCORED = "whispertune ct2 batched (evaluate: Mandarin rescored, the default)"
 PLAIN = "whispertune ct2 batched --no-rescore"
+INT8_ENCODER = ", CTranslate2's int8 encoder"
 LONG_PEER = "faster-whisper BatchedInferencePipeline"
 
 
@@ -119,12 +122,24 @@ def ds_faster_whisper(manifest: Path, model_dir: str, threads: int, preload: boo
 
 
 def ds_ours(
-    manifest: Path, model: str, threads: int, every_candidate: bool = False, **extra
+    manifest: Path,
+    model: str,
+    threads: int,
+    every_candidate: bool = False,
+    int8_encoder: bool = False,
+    **extra,
 ) -> dict:
     """``evaluate`` as a user runs it; ``extra`` are its options (``rescore=False``...).
     ``every_candidate``: rescoring as it was before it pruned (every candidate of a clip
-    scored in one align call), for the before/after ratio in one run."""
+    scored in one align call), for the before/after ratio in one run. ``int8_encoder``:
+    CTranslate2's int8 encoder where the CPU would take the bf16 one (as before it), for the
+    same ratio."""
     from whispertune import api
+
+    if int8_encoder:
+        from whispertune.backends import ct2
+
+        ct2.cpu_has_bf16 = lambda: False
 
     if every_candidate:
         from whispertune.backends.ct2 import CT2Transcriber
@@ -250,6 +265,10 @@ def runners(args, manifest: Path, workdir: Path) -> dict:
             PEER + " (audio preloaded)": lambda: ds_faster_whisper(manifest, model_dir, t, True),
             RESCORED: lambda: ds_ours(manifest, args.model, t),
             PLAIN: lambda: ds_ours(manifest, args.model, t, rescore=False),
+            RESCORED + INT8_ENCODER: lambda: ds_ours(manifest, args.model, t, int8_encoder=True),
+            PLAIN + INT8_ENCODER: lambda: ds_ours(
+                manifest, args.model, t, int8_encoder=True, rescore=False
+            ),
             RESCORED + ", every candidate scored (before pruning)": lambda: ds_ours(
                 manifest, args.model, t, every_candidate=True
             ),
@@ -404,10 +423,15 @@ def print_dataset(rows, args, run, manifest: Path) -> None:
             f"{cer(r['refs'], r['hyps']) * 100:.2f} | {r['rss_mb']:.0f} |"
         )
     ok = {n: r for n, r in rows if "error" not in r}
-    if RESCORED in ok and PLAIN in ok:
-        wall = ok[RESCORED]["wall"] / ok[PLAIN]["wall"] - 1
-        cpu = ok[RESCORED]["cpu"] / ok[PLAIN]["cpu"] - 1
-        print(f"\nrescoring adds {wall * 100:.0f} % to --no-rescore's time ({cpu * 100:.0f} % CPU)")
+    for suffix in ("", INT8_ENCODER):
+        rescored, plain = ok.get(RESCORED + suffix), ok.get(PLAIN + suffix)
+        if rescored and plain:
+            wall = rescored["wall"] / plain["wall"] - 1
+            cpu = rescored["cpu"] / plain["cpu"] - 1
+            print(
+                f"\nrescoring adds {wall * 100:.0f} % to --no-rescore's time "
+                f"({cpu * 100:.0f} % CPU){suffix}"
+            )
 
 
 def print_longform(rows, args, run) -> None:
