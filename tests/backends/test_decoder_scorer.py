@@ -141,3 +141,24 @@ def test_clip_keys_and_values_in_bf16_stay_near_and_consistent(tiny_ct2_dir, ref
     np.testing.assert_allclose(starts[1], whole[1][:3], atol=1e-6)
     fresh = scorer.logprobs(scorer.clip(encoded), PROMPT, [variant])[0]
     np.testing.assert_allclose(fresh, whole[1], atol=1e-6)
+
+
+def test_a_sequence_scored_in_parts_keeps_each_position_once(tiny_ct2_dir, reference):
+    """Long-form rescoring scores long candidates a few positions at a time: each part keeps
+    the self-attention keys and values of its own positions and reads the rest from the part
+    it continues, and the terms are those of scoring it whole."""
+    encoded, eot, want = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot, precision="float32")
+    state = scorer.clip(encoded)
+    seq = SEQUENCES[2]
+    for limit in (2, 4, 6, None):
+        got = scorer.logprobs(state, PROMPT, [seq], [limit])[0]
+    np.testing.assert_allclose(got, want(seq), atol=1e-4)
+    parts = state.scored
+    assert len(parts) == 4 and parts[0].start == 0 and parts[0].base is None
+    for before, part in zip(parts, parts[1:], strict=False):
+        assert part.base is before and part.start > 0
+    for part in parts:
+        own = len(part.tokens) - part.start
+        assert all(k.shape[2] == own for k in part.keys + part.values)
+    assert sum(len(p.tokens) - p.start for p in parts) == len(PROMPT) + len(seq)

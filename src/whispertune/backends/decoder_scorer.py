@@ -109,9 +109,27 @@ class _Scored:
 
     tokens: tuple[int, ...]
     follows: int
-    keys: list  # per layer: self-attention keys [1, heads, T, head_dim]
+    # Per layer: self-attention keys and values [1, heads, n, head_dim] of its own positions
+    # only, ``start`` to ``len(tokens)``; the first ``start`` are ``base``'s. Why: a long
+    # candidate is scored a few positions at a time, and each part holding every position
+    # before it too kept 1.3 GB of copies for one 30 s window of long-form rescoring.
+    keys: list
     values: list
     next_logprob: np.ndarray  # [T]
+    base: _Scored | None = None
+    start: int = 0
+
+    def cached(self, layer: int, end: int) -> tuple:
+        """Keys and values of the first ``end`` positions for layer ``layer``: the chain's."""
+        keys, values = [], []
+        node: _Scored | None = self
+        while node is not None and end > 0:
+            if end > node.start:
+                keys.append(node.keys[layer][:, :, : end - node.start])
+                values.append(node.values[layer][:, :, : end - node.start])
+                end = node.start
+            node = node.base
+        return keys[::-1], values[::-1]
 
     def valid_for(self, full: tuple[int, ...], eot: int) -> int:
         """How many of ``next_logprob``'s leading terms are those of sequence ``full``: all
@@ -329,6 +347,8 @@ class DecoderScorer:
                     k,
                     v,
                     np.concatenate([head, tail]).astype(np.float32),
+                    r.base if r.start else None,
+                    r.start,
                 )
             )
 
@@ -337,8 +357,8 @@ class DecoderScorer:
 
     def _block(self, layer: _Layer, x, requests, sizes, i: int, keys, values, cross):
         """One pre-norm decoder block over the stacked new positions ``x`` ([n, d]); each
-        request's keys and values of layer ``i`` (its base's, then its new ones) are
-        appended to ``keys`` / ``values``."""
+        request's keys and values of layer ``i`` at its new positions are appended to
+        ``keys`` / ``values`` (before them, its base's chain is read)."""
         import torch
         import torch.nn.functional as F
 
@@ -352,14 +372,15 @@ class DecoderScorer:
             k = self._heads(k_all[offset : offset + n])
             v = self._heads(v_all[offset : offset + n])
             offset += n
+            rk.append(k)  # its own positions only (see _Scored)
+            rv.append(v)
             if r.start:
-                k = torch.cat([r.base.keys[i][:, :, : r.start], k], dim=2)
-                v = torch.cat([r.base.values[i][:, :, : r.start], v], dim=2)
+                before_k, before_v = r.base.cached(i, r.start)
+                k = torch.cat([*before_k, k], dim=2)
+                v = torch.cat([*before_v, v], dim=2)
             # causal over the whole sequence: new position j sees positions <= start + j
             mask = torch.ones(n, r.start + n, dtype=torch.bool).tril(diagonal=r.start)
             attended.append(self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
-            rk.append(k)
-            rv.append(v)
         x = x + layer.self_out(torch.cat(attended) if len(attended) > 1 else attended[0])
         h = F.layer_norm(x, (d,), *layer.cross_norm, eps=_EPS)
         q = self._heads(layer.cross_q(h))
