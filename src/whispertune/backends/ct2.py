@@ -161,7 +161,9 @@ class CT2Transcriber(Transcriber):
         self.model = self.fw.model
         self.scores_end_of_text = self.scores_prefixes = device == "cpu"
         if bf16_encoder is None:
-            bf16_encoder = device == "cpu" and compute_type == "int8" and cpu_has_bf16()
+            bf16_encoder = compute_type == "int8" and cpu_has_bf16()
+        # on a GPU the encoder output stays on the device: CTranslate2's encoder there
+        bf16_encoder = bf16_encoder and device == "cpu"
         self._bf16_encoder = bf16_encoder_for(self.model_dir, threads) if bf16_encoder else None
         self._scorer: DecoderScorer | None = None  # rescoring's decoder, on first use
         self._warm_up: threading.Thread | None = None
