@@ -169,10 +169,10 @@ class DecoderScorer:
         """``clip_bf16``: the clip's cross-attention keys and values projected in bf16 (where
         the backend's encoder runs in bf16: backends/bf16_encoder.py). They are computed once
         a clip and shared by every text scored against it, so every candidate sees the same
-        keys and values and the prefix bound stays exact; the rounding is a quarter of what
-        the bf16 encoder's own output carries (both against float32), and the projection,
-        the largest product of rescoring (6 x 1500 x 512 x 1024), takes a sixth of the time
-        (10 against 61 ms a clip, one core with AMX)."""
+        keys and values and the prefix bound stays exact. The projection, the largest
+        product of rescoring (6 x 1500 x 512 x 1024), then takes 22 ms a clip against 61 ms
+        in float32 (one core with AMX); the 56 AISHELL test clips score the same CER with
+        either (23.01 %, the bf16 encoder's output given)."""
         import torch
 
         from whispertune.models.ct2_import import ct2_to_state_dict, read_ct2_model
