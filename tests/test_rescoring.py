@@ -90,12 +90,12 @@ def _token_logprobs(text: str) -> np.ndarray:
 
 
 BEAMS = [
-        ["他洋盐要报复", "他扬盐要报复", "他洋言要報復"],
-        ["後者接受日本媒體採訪時表示", "后者接受日本媒体采访时表示", "后者接受日本媒体"],
-        ["就好像看到一个地球在动一样", "就好像看到一个地球在动", "就好象看到一個地球在動一樣"],
-        ["很可能是从我的作品拍生出来的", "很可能是從我的作品派生出來的"],
-        ["市政府进行了语论调查", "是政府进行了语论调查", "是政府進行了輿論調查。"],
-    ]
+    ["他洋盐要报复", "他扬盐要报复", "他洋言要報復"],
+    ["後者接受日本媒體採訪時表示", "后者接受日本媒体采访时表示", "后者接受日本媒体"],
+    ["就好像看到一个地球在动一样", "就好像看到一个地球在动", "就好象看到一個地球在動一樣"],
+    ["很可能是从我的作品拍生出来的", "很可能是從我的作品派生出來的"],
+    ["市政府进行了语论调查", "是政府进行了语论调查", "是政府進行了輿論調查。"],
+]
 
 
 @pytest.mark.parametrize("with_ends", [False, True])
@@ -117,16 +117,21 @@ def test_pruned_choice_is_the_exhaustive_choice(with_ends):
     assert scored_pruned < scored_all
 
 
-def test_scoring_starts_first_picks_the_exhaustive_choice_for_fewer_terms():
-    """With a scorer of prefixes (the decoder scorer on the CPU), candidates are scored a
-    few tokens at a time, several per call: the choice is the exhaustive one and fewer
-    terms are computed than scoring whole candidates one by one."""
+def _score_by_kind(growth: int, monkeypatch) -> tuple[dict, dict, list]:
+    """Terms computed and scorer calls, whole candidates one by one against starts first
+    (the chunk growing by ``growth`` each time), over the test beams; and each beam's
+    exhaustive, whole and by-starts choices."""
+    from whispertune import rescoring
+
+    monkeypatch.setattr(rescoring, "GROWTH", growth)
     computed = {"prefixes": 0, "whole": 0}
+    calls = {"prefixes": 0, "whole": 0}
 
     def scorer(kind: str) -> TokenScorer:
         known: dict[str, int] = {}  # terms computed so far per text (the rest is new work)
 
         def logprobs(texts, limits):
+            calls[kind] += 1
             out = []
             for t, limit in zip(texts, limits, strict=True):
                 terms = _token_logprobs(t)
@@ -140,9 +145,24 @@ def test_scoring_starts_first_picks_the_exhaustive_choice_for_fewer_terms():
 
         return TokenScorer(logprobs, str.encode, prefixes=kind == "prefixes", end_term=False)
 
+    choices = []
     for hyps in BEAMS:
         exhaustive = choose(hyps, lambda ts: [float(_token_logprobs(t).sum()) for t in ts])
         by_whole = choose(hyps, scorer("whole"))
         by_prefixes = choose(hyps, scorer("prefixes"))
-        assert by_whole.index == by_prefixes.index == exhaustive.index
-    assert computed["prefixes"] < computed["whole"], computed
+        choices.append((exhaustive.index, by_whole.index, by_prefixes.index))
+    return computed, calls, choices
+
+
+def test_scoring_starts_first_picks_the_exhaustive_choice_for_fewer_terms(monkeypatch):
+    """With a scorer of prefixes (the decoder scorer on the CPU), candidates are scored a
+    few tokens at a time, several per call: the choice is the exhaustive one, and in fixed
+    chunks fewer terms are computed than scoring whole candidates one by one; with the chunk
+    doubling each time (the default), the same choices in fewer calls (a decoder pass has a
+    fixed cost: streaming the weights)."""
+    fixed, fixed_calls, choices = _score_by_kind(1, monkeypatch)
+    assert all(a == b == c for a, b, c in choices)
+    assert fixed["prefixes"] < fixed["whole"], fixed
+    growing, growing_calls, choices_growing = _score_by_kind(2, monkeypatch)
+    assert choices_growing == choices
+    assert growing_calls["prefixes"] < fixed_calls["prefixes"], (growing_calls, fixed_calls)
