@@ -118,16 +118,12 @@ _lock = threading.Lock()
 
 def bf16_encoder_for(ct2_dir: str | Path, threads: int) -> Bf16Encoder:
     """One encoder per model directory in a process (its weights: ~40 MB in bf16).
-
-    ``threads``: the cores each CTranslate2 worker decodes on; the workers encode their parts
-    of a batch at the same time, so torch's pool is lowered to that, never raised (as
-    decoder_scorer.scorer_for does)."""
-    import torch
+    ``threads``: see decoder_scorer.lower_torch_threads."""
+    from whispertune.backends.decoder_scorer import lower_torch_threads
 
     key = str(Path(ct2_dir).resolve())
     with _lock:
-        if torch.get_num_threads() > threads:
-            torch.set_num_threads(max(1, threads))
+        lower_torch_threads(threads)
         if key not in _encoders:
             logger.info("loading the encoder in bf16 from %s", ct2_dir)
             _encoders[key] = Bf16Encoder(ct2_dir)

@@ -407,19 +407,25 @@ def scorer_for(
     ct2_dir: str | Path, eot: int, threads: int, clip_bf16: bool = False
 ) -> DecoderScorer:
     """One scorer per model directory in a process (its weights: ~100 MB packed), built on
-    first use: only Mandarin rescoring needs it.
-
-    ``threads``: the cores each CTranslate2 worker decodes on. The workers score their clips
-    at the same time, so torch's own pool is lowered to that (never raised): two workers
-    each starting torch's default two threads on two cores took 10-15 % more CPU time. This
-    is process-wide; torch is not otherwise used where the CTranslate2 backend decodes."""
-    import torch
-
+    first use: only Mandarin rescoring needs it. ``threads``: see lower_torch_threads."""
     key = (str(Path(ct2_dir).resolve()), eot, clip_bf16)
     with _lock:
         if key not in _scorers:
             logger.info("loading the decoder for rescoring from %s", ct2_dir)
             _scorers[key] = DecoderScorer(ct2_dir, eot, clip_bf16=clip_bf16)
-        if torch.get_num_threads() > threads:
-            torch.set_num_threads(max(1, threads))
+        lower_torch_threads(threads)
         return _scorers[key]
+
+
+def lower_torch_threads(threads: int) -> None:
+    """Lower torch's pool to ``threads``, never raise it.
+
+    ``threads``: the cores each CTranslate2 worker decodes on. The workers run their parts of
+    a batch through torch at the same time (the bf16 encoder, the rescoring's scorer): two
+    workers each starting torch's default two threads on two cores took 10-15 % more CPU
+    time. This is process-wide; where the CTranslate2 backend decodes, torch does only this
+    work."""
+    import torch
+
+    if torch.get_num_threads() > threads:
+        torch.set_num_threads(max(1, threads))
