@@ -423,8 +423,8 @@ def _choose_pruned(
             todo = needed(-j)
             if len(todo) == 2:  # an unscored source first: its score alone may bound it out
                 requests[todo[1]] = None
-            else:
-                requests.setdefault(todo[0], scores.limit(todo[0]))
+            elif todo[0] not in requests:  # limit() advances the text's chunk: ask once
+                requests[todo[0]] = scores.limit(todo[0])
         scores.score(requests)
 
 

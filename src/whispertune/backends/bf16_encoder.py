@@ -4,8 +4,8 @@ Why: the encoder is most of decoding a short clip (every clip is a padded 30 s w
 1500 frames through every layer), and CTranslate2 has no bf16 on the CPU: it runs the
 encoder in int8. Where the CPU has bf16 matrix instructions (AVX512-BF16, AMX), torch's
 oneDNN kernels run it in bf16, both faster and closer to float32 than int8. Measured on a
-Xeon with AMX, one thread, one 30 s window of whisper-base: CTranslate2 int8 527 ms, this
-170 ms; root-mean-square distance of the output from CTranslate2's float32 encoder 0.072
+Xeon with AMX, one thread, one 30 s window of whisper-base: CTranslate2 int8 482-527 ms,
+this 186-196 ms; root-mean-square distance of the output from CTranslate2's float32 encoder 0.072
 for int8, 0.017 for this (docs/benchmarks.md). CTranslate2 still decodes (beam search on
 the int8 decoder): ``generate`` takes an encoder output as well as features.
 
