@@ -101,6 +101,12 @@ def word_logprob(text: str) -> float:
     return route[0][0]
 
 
+def word_score(text: str, char_bonus: float = CHAR_BONUS) -> float:
+    """The word model's side of a candidate's total (before ``LM_WEIGHT``): its word
+    log-probability plus ``char_bonus`` per character read."""
+    return word_logprob(text) + char_bonus * len(_comparable(text))
+
+
 def _comparable(text: str) -> str:
     """What the word model reads: simplified, numbers as read, no punctuation or spaces."""
     return re.sub(r"\s+", "", remove_punctuation(to_simplified(arabic_to_hanzi(text))))
@@ -206,13 +212,19 @@ class TokenScorer:
     ``logprobs(texts, limits)``: per text, at least its first ``limit`` terms (None: all).
     ``prefixes``: the scorer computes only those (then a candidate's start is scored first,
     and its rest only if the start does not already lose); ``end_term``: its arrays end
-    with the end-of-text term (so a text has ``len(tokens) + 1`` terms).
+    with the end-of-text term (so a text has ``len(tokens) + 1`` terms). ``noise``: how far
+    two scorings of the same tokens may differ (other passes, other padding); a candidate is
+    dropped unscored only when even its upper bound is below the best exact total by more
+    than twice this (each side may be off by it), and a rounding of the totals. ``shape``:
+    (first chunk, candidates a pass) for a scorer of prefixes; None: PREFIX_CHUNK, BATCH.
     """
 
     logprobs: Callable[[Sequence[str], Sequence[int | None]], Sequence[np.ndarray]]
     tokens: Callable[[str], Sequence[int]]
     prefixes: bool = False
     end_term: bool = True
+    noise: float = 1e-3
+    shape: tuple[int, int] | None = None
 
 
 # With a scorer of prefixes: a candidate's first pass scores this many terms past what is
@@ -227,7 +239,8 @@ class TokenScorer:
 # of its 30 s window after it) then takes a few passes, not one per four tokens. On a Xeon
 # with AMX (14 ms a pass + 1.2 ms a position): the 56 AISHELL test clips 333 -> 281 passes,
 # 4,372 -> 4,570 positions; a 3.6-minute recording's 47 segments 696 -> 303 passes, 8,598 ->
-# 9,931 positions, 27 -> 20 CPU s of scoring.
+# 9,931 positions, 27 -> 20 CPU s of scoring. A scorer whose positions cost less against its
+# pass (bf16: backends/decoder_scorer.py) gives its own (TokenScorer.shape).
 PREFIX_CHUNK = 4
 BATCH = 3
 GROWTH = 2
@@ -242,12 +255,6 @@ def shared_start(a: Sequence[int], b: Sequence[int]) -> int:
             break
         k += 1
     return k
-
-
-# Float noise allowed between two scorings of the same tokens (other batch, other padding) and
-# in a rounding of the totals: a candidate is dropped unscored only when even its upper bound
-# is below the best exact total by more than this.
-_MARGIN = 1e-3
 
 
 def choose(
@@ -275,7 +282,7 @@ def choose(
     if len(cands) <= 1:  # nothing to choose between: no acoustic pass
         return Choice(cands[0].text if cands else "", 0, 0)
     texts = [c.text for c in cands]
-    lm = [word_logprob(t) + char_bonus * len(_comparable(t)) for t in texts]
+    lm = [word_score(t, char_bonus) for t in texts]
     if isinstance(acoustic, TokenScorer):
         return _choose_pruned(cands, lm, hypotheses, acoustic, end_scores, weight)
     sources = sorted({c.source for c in cands}) if end_scores is not None else []
@@ -346,15 +353,15 @@ class _Scores:
         sums = [float(cum[k - 1]) for k, cum in self._known_starts(text) if k]
         if text not in self.known:
             sums.append(0.0)  # nothing of it scored: the bound an empty start gives
-        return min(sums) + _MARGIN
+        return min(sums) + self.scorer.noise
 
     def limit(self, text: str) -> int | None:
         """How far to score the text next: all of it, or with a scorer of prefixes the next
-        ``PREFIX_CHUNK`` terms, then twice as many each time (``GROWTH``), when more than
-        that is left."""
+        ``PREFIX_CHUNK`` terms (or its ``shape``'s), then twice as many each time
+        (``GROWTH``), when more than that is left."""
         if not self.scorer.prefixes:
             return None
-        step = self._steps.get(text, PREFIX_CHUNK)
+        step = self._steps.get(text, (self.scorer.shape or (PREFIX_CHUNK, BATCH))[0])
         self._steps[text] = step * GROWTH
         limit = self.known_terms(text) + step
         return None if limit >= self.terms(text) else limit
@@ -376,10 +383,10 @@ def _choose_pruned(
     source hypothesis unchanged has acoustic + (end − acoustic), the beam total itself.
     Scoring stops when no unscored candidate's bound reaches the best exact total. With a
     scorer of prefixes the ``BATCH`` best bounds are scored together, each ``PREFIX_CHUNK``
-    terms further (or to its end)."""
+    terms further (or to its end); or as many as its ``shape`` says."""
     scores = _Scores(scorer)
     n = len(cands)
-    batch = BATCH if scorer.prefixes else 1
+    batch = (scorer.shape or (PREFIX_CHUNK, BATCH))[1] if scorer.prefixes else 1
 
     def needed(i: int) -> list[str]:
         c = cands[i]
@@ -401,7 +408,7 @@ def _choose_pruned(
             return scores.upper_bound(c.text) + weight * lm[i]
         h = hypotheses[c.source]
         if c.text == h:
-            return end_scores[c.source] + _MARGIN + weight * lm[i]
+            return end_scores[c.source] + scorer.noise + weight * lm[i]
         if h not in scores.total:
             return math.inf
         return (
@@ -415,7 +422,7 @@ def _choose_pruned(
         done = {i: exact(i) for i in range(n) if not needed(i)}
         best = max(done, key=lambda i: (done[i], -i))
         open_ = [(bound(i), -i) for i in range(n) if i not in done]
-        open_ = sorted((b, j) for b, j in open_ if b >= done[best] - _MARGIN)
+        open_ = sorted((b, j) for b, j in open_ if b >= done[best] - scorer.noise)
         if not open_:
             return Choice(cands[best].text, best, len(scores.total))
         requests: dict[str, int | None] = {}
@@ -453,6 +460,8 @@ def _acoustic(
             tokens,
             prefixes=model.scores_prefixes,
             end_term=model.scores_end_of_text,
+            noise=model.score_noise,
+            shape=model.score_shape,
         )
     return lambda texts: model.score_tokens(clip, prompt, [tokens(t) for t in texts])
 

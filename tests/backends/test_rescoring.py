@@ -89,7 +89,8 @@ def test_pruned_rescoring_chooses_what_scoring_every_candidate_chooses(monkeypat
     TokenScorer: candidates bounded out unscored, the others' starts first, several per
     decoder pass). On the bundled sample, decoded as whispertune demo does (batches of 4,
     beam 5), every clip's choice is the one scoring every candidate whole makes, for fewer
-    decoder positions.
+    decoder positions. Where the scorer runs in bf16, two texts whose totals are closer than
+    its noise are a tie, either of which may be chosen (at most one such clip here).
 
     Both are computed here, on the same beams: the beams themselves differ between CPU
     generations (CTranslate2's int8 kernels, the bf16 encoder where the CPU has it), so a
@@ -132,7 +133,7 @@ def test_pruned_rescoring_chooses_what_scoring_every_candidate_chooses(monkeypat
     assert {text for *_, text in rescored} <= set(texts)
 
     computed.update(positions=0, passes=0)
-    changed = 0
+    changed = ties = 0
     for clip, prompt, hypotheses, text in rescored:
         clip.scores.scored.clear()  # nothing scored yet: every candidate from its start
 
@@ -140,9 +141,22 @@ def test_pruned_rescoring_chooses_what_scoring_every_candidate_chooses(monkeypat
             return model.score_tokens(clip, prompt, [model.encode_text(t) for t in texts_])
 
         choice = rescoring.choose(hypotheses, every)
-        assert choice.text == text, (hypotheses, choice.text, text)
+        if choice.text != text:
+            # a tie at the scorer's precision: in bf16 a text's score moves by up to its
+            # declared noise with the pass that computes it (decoder_scorer.NOISE)
+            total = {
+                t: score + rescoring.LM_WEIGHT * rescoring.word_score(t)
+                for t, score in zip((choice.text, text), every([choice.text, text]), strict=True)
+            }
+            assert abs(total[text] - total[choice.text]) <= 2 * model.score_noise, (
+                hypotheses,
+                total,
+            )
+            ties += 1
         changed += choice.index != 0
+    assert ties <= 1 if model.score_noise > 1e-2 else ties == 0
     assert changed >= 3  # the word model changed some of the beam's choices
     # Every candidate whole, in one pass a clip, computes every candidate's every position
-    # (7,333 on these clips, 2026-12-05); starts first, three per pass: 1,816 in 138 passes.
+    # (7,333 on these clips, 2026-12-05); starts first, three per pass: 1,816 in 138 passes;
+    # in bf16 (a Xeon with AMX), eight tokens first, five per pass: 2,484 in 79 passes.
     assert pruned["positions"] < 0.5 * computed["positions"], (pruned, computed)

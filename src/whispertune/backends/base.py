@@ -249,6 +249,13 @@ class Transcriber(ABC):
     # and the rest later at the cost of the rest): rescoring then scores a candidate's start
     # first and drops it when that already loses.
     scores_prefixes: bool = False
+    # How far two scorings of the same tokens may differ (in nats, a sequence's sum), as the
+    # passes that compute them differ: rescoring drops a candidate unscored only when even its
+    # bound loses by more than this.
+    score_noise: float = 1e-3
+    # (first chunk, candidates a pass) of a scorer of prefixes, where its cost differs from
+    # what rescoring's PREFIX_CHUNK and BATCH were chosen on; None: those.
+    score_shape: tuple[int, int] | None = None
 
     # The writing conventions of the model's training transcripts (see output_style); set by
     # the backend from its model directory, applied to every decode per ``options.numerals``.

@@ -32,7 +32,13 @@ from whispertune.backends.base import (
     Word,
 )
 from whispertune.backends.bf16_encoder import bf16_encoder_for
-from whispertune.backends.decoder_scorer import ClipScores, DecoderScorer, scorer_for
+from whispertune.backends.decoder_scorer import (
+    NOISE,
+    PASS_SHAPE,
+    ClipScores,
+    DecoderScorer,
+    scorer_for,
+)
 from whispertune.backends.decoding import (
     MAX_TARGET_TOKENS,
     avg_logprob_from_score,
@@ -165,7 +171,12 @@ class CT2Transcriber(Transcriber):
         # on a GPU the encoder output stays on the device: CTranslate2's encoder there
         bf16_encoder = bf16_encoder and device == "cpu"
         self._bf16_encoder = bf16_encoder_for(self.model_dir, threads) if bf16_encoder else None
-        self._scorer: DecoderScorer | None = None  # rescoring's decoder, on first use
+        # rescoring's decoder, on first use: in bf16 where the encoder is (the CPU has it,
+        # and the choice then depends on the CPU's arithmetic anyway)
+        self._scorer: DecoderScorer | None = None
+        self._scorer_precision = "bfloat16" if bf16_encoder else "float16"
+        self.score_noise = NOISE[self._scorer_precision]
+        self.score_shape = PASS_SHAPE.get(self._scorer_precision)
         self._warm_up: threading.Thread | None = None
         if workers > 1:
             self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ct2-worker")
@@ -303,7 +314,7 @@ class CT2Transcriber(Transcriber):
                 self.model_dir,
                 self.eot,
                 self.threads_per_worker,
-                clip_bf16=self._bf16_encoder is not None,
+                self._scorer_precision,
             )
         return self._scorer
 

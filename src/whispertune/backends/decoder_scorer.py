@@ -32,20 +32,35 @@ logger = logging.getLogger(__name__)
 
 _EPS = 1e-5  # Whisper's layer norms
 
+# How far two scorings of the same tokens may differ, per precision (nats, a sequence's sum;
+# rescoring's TokenScorer.noise). A pass stacks different positions, and the kernels sum in
+# an order that depends on the shapes: in float16 (float32 arithmetic) that is float noise,
+# under 3e-5 measured; in bf16 every product's output is rounded to 8 bits, so a last-bit
+# difference upstream becomes one of a bf16 step: over 2,088 texts of the 56 AISHELL test
+# clips, each scored whole in one pass and in starts of 2, 5 and 8 tokens, median 0.05, the
+# largest 0.34 (2026-12-05). Texts closer than that are ties at this precision.
+NOISE = {"float16": 1e-3, "float32": 1e-3, "bfloat16": 0.25}
+# Rescoring's (first chunk, candidates a pass) where its defaults do not fit: a bf16 position
+# costs little against a pass's fixed cost (streaming the weights and the clip's keys and
+# values), so fewer, fuller passes pay. On the 56 AISHELL test clips (Xeon with AMX, one
+# core): (4, 3) 292 passes, 4,722 positions, 8.2 CPU s; (8, 5) 194 passes, 5,995 positions,
+# 7.2 CPU s; (8, 4) to (16, 6) within 10 %. float16 keeps (4, 3): 16.4 CPU s, (8, 5) 17.8.
+PASS_SHAPE = {"bfloat16": (8, 5)}
+
 
 class _Linear:
-    """``x @ weight.T + bias``, the weight packed in float16 for fbgemm.
+    """``x @ weight.T + bias`` in the scorer's precision.
 
-    Why: scoring a text computes a few positions at a time, so each call streams every
-    weight from memory for little arithmetic, and the time is the weights' size (the
-    51,865-word output projection is 106 MB in float32: 9-24 ms for one or two positions on
-    one core here, 2.7 ms packed in float16). The arithmetic stays float32 and the
-    checkpoints' weights are float16 already, so nothing is lost (within 1e-5 of float32 on
-    a whole decode). int8 was faster still, but quantizes activations per call, which made
-    a position's score depend on the other positions of the call (up to 1.3 nats).
-    ``precision="float32"`` keeps plain float32 weights (a reference for tests);
-    ``"bfloat16"``: weights and inputs in bf16, output float32, for the clip's cross-attention
-    keys and values on a CPU with native bf16 (see DecoderScorer).
+    ``"float16"``: the weight packed in float16 for fbgemm, float32 arithmetic. Why: scoring
+    a text computes a few positions at a time, so each call streams every weight from memory
+    for little arithmetic, and the time is the weights' size (the 51,865-word output
+    projection is 106 MB in float32: 9-24 ms for one or two positions on one core here, 2.7
+    ms packed in float16). The checkpoints' weights are float16 already, so nothing is lost
+    (within 1e-5 of float32 on a whole decode). int8 was faster still, but quantizes
+    activations per call, which made a position's score depend on the other positions of
+    the call (up to 1.3 nats).
+    ``"bfloat16"``: weights and inputs in bf16, the output bf16, as ``torch.autocast`` does
+    (see DecoderScorer). ``"float32"``: plain float32 weights (a reference for tests).
     """
 
     def __init__(self, weight, bias, precision: str) -> None:
@@ -66,9 +81,7 @@ class _Linear:
 
         if self.precision == "float16":
             return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
-        if self.precision == "bfloat16":
-            return F.linear(x.to(torch.bfloat16), self.weight, self.bias).float()
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
 def packed_float16_available() -> bool:
@@ -163,16 +176,22 @@ class ClipScores:
 class DecoderScorer:
     """Log-probabilities of token sequences given one clip's encoder output."""
 
-    def __init__(
-        self, ct2_dir: str | Path, eot: int, precision: str = "float16", clip_bf16: bool = False
-    ) -> None:
-        """``clip_bf16``: the clip's cross-attention keys and values projected in bf16 (where
-        the backend's encoder runs in bf16: backends/bf16_encoder.py). They are computed once
-        a clip and shared by every text scored against it, so every candidate sees the same
-        keys and values and the prefix bound stays exact. The projection, the largest
-        product of rescoring (6 x 1500 x 512 x 1024), then takes 22 ms a clip against 61 ms
-        in float32 (one core with AMX); the 56 AISHELL test clips score the same CER with
-        either (23.01 %, the bf16 encoder's output given)."""
+    def __init__(self, ct2_dir: str | Path, eot: int, precision: str = "float16") -> None:
+        """``precision``: ``"float16"`` (weights packed in float16, float32 arithmetic), or
+        ``"bfloat16"`` where the backend's encoder runs in bf16 (backends/bf16_encoder.py):
+        the arithmetic of ``torch.autocast(bfloat16)``, as that encoder's. Matrix products
+        and attention in bf16 (the clip's cross-attention keys and values and each text's
+        self-attention cache kept in bf16), the residual stream, the layer norms and the
+        log-softmax in float32 (over the logits as bf16 gives them, so every term is still a
+        log-probability <= 0, which the prefix bound needs).
+
+        Why bf16 where the CPU has it: a pass's time is its matrix products, and oneDNN's
+        bf16 kernels (AMX, AVX512-BF16) do several times float32's arithmetic a cycle; the
+        weights stream from memory in 2 bytes either way. On a Xeon with AMX, one core,
+        the 56 AISHELL test clips' rescoring took 16.3 CPU s in float16, 10.4-11.9 in bf16,
+        with the same choices (docs/benchmarks.md). A position's terms are still the same in
+        whichever pass computes them (rows do not interact in these kernels), so the pruned
+        choice is the exhaustive one (tests/backends/test_rescoring.py)."""
         import torch
 
         from whispertune.models.ct2_import import ct2_to_state_dict, read_ct2_model
@@ -196,7 +215,7 @@ class DecoderScorer:
             weight = t(f"{prefix}.weight")
             return _Linear(weight, t(bias) if bias in sd else None, precision)
 
-        def cat(prefix: str, names: Sequence[str], precision: str = precision) -> _Linear:
+        def cat(prefix: str, names: Sequence[str]) -> _Linear:
             w = torch.cat([t(f"{prefix}.{n}.weight") for n in names])
             d = w.shape[1]
             b = torch.cat(
@@ -212,7 +231,16 @@ class DecoderScorer:
         self.eot = eot
         embed = t("model.decoder.embed_tokens.weight")
         self.output = _Linear(embed, None, precision)  # tied to the embedding, as in Whisper
-        self.embed = embed.half() if precision == "float16" else embed  # rows read as float32
+        # rows read as float32; in bf16 the output projection's copy (one table, not two)
+        if precision == "float16":
+            self.embed = embed.half()
+        elif precision == "bfloat16":
+            self.embed = self.output.weight
+        else:
+            self.embed = embed
+        # what the matrix products and attention take: the scorer's keys and values are kept
+        # in it
+        self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.positions = t("model.decoder.embed_positions.weight")
         self.final_norm = norm("model.decoder.layer_norm")
         self.layers = []
@@ -224,11 +252,7 @@ class DecoderScorer:
                     self_out=lin(f"{p}.self_attn.out_proj"),
                     self_norm=norm(f"{p}.self_attn_layer_norm"),
                     cross_q=lin(f"{p}.encoder_attn.q_proj"),
-                    cross_kv=cat(
-                        f"{p}.encoder_attn",
-                        ("k_proj", "v_proj"),
-                        "bfloat16" if clip_bf16 else precision,
-                    ),
+                    cross_kv=cat(f"{p}.encoder_attn", ("k_proj", "v_proj")),
                     cross_out=lin(f"{p}.encoder_attn.out_proj"),
                     cross_norm=norm(f"{p}.encoder_attn_layer_norm"),
                     fc1=lin(f"{p}.fc1"),
@@ -245,6 +269,7 @@ class DecoderScorer:
         import torch
 
         enc = torch.from_numpy(np.ascontiguousarray(encoder_output, dtype=np.float32))
+        enc = enc.to(self.dtype)  # once, not per layer
         cross = []
         with torch.inference_mode():
             for layer in self.layers:
@@ -327,7 +352,7 @@ class DecoderScorer:
             for i, layer in enumerate(self.layers):
                 x = self._block(layer, x, requests, sizes, i, keys, values, state.cross[i])
             x = F.layer_norm(x, (self.d_model,), *self.final_norm, eps=_EPS)
-            logp = torch.log_softmax(self.output(x), dim=-1)
+            logp = torch.log_softmax(self.output(x).float(), dim=-1)
             following = [
                 t
                 for r in requests
@@ -399,20 +424,20 @@ class DecoderScorer:
         return x.transpose(1, 2).reshape(x.shape[2], -1)
 
 
-_scorers: dict[tuple[str, int, bool], DecoderScorer] = {}
+_scorers: dict[tuple[str, int, str], DecoderScorer] = {}
 _lock = threading.Lock()
 
 
 def scorer_for(
-    ct2_dir: str | Path, eot: int, threads: int, clip_bf16: bool = False
+    ct2_dir: str | Path, eot: int, threads: int, precision: str = "float16"
 ) -> DecoderScorer:
     """One scorer per model directory in a process (its weights: ~100 MB packed), built on
     first use: only Mandarin rescoring needs it. ``threads``: see lower_torch_threads."""
-    key = (str(Path(ct2_dir).resolve()), eot, clip_bf16)
+    key = (str(Path(ct2_dir).resolve()), eot, precision)
     with _lock:
         if key not in _scorers:
             logger.info("loading the decoder for rescoring from %s", ct2_dir)
-            _scorers[key] = DecoderScorer(ct2_dir, eot, clip_bf16=clip_bf16)
+            _scorers[key] = DecoderScorer(ct2_dir, eot, precision)
         lower_torch_threads(threads)
         return _scorers[key]
 
