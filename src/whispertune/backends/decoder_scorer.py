@@ -41,11 +41,13 @@ _EPS = 1e-5  # Whisper's layer norms
 # largest 0.34 (2026-12-05). Texts closer than that are ties at this precision.
 NOISE = {"float16": 1e-3, "float32": 1e-3, "bfloat16": 0.25}
 # Rescoring's (first chunk, candidates a pass) where its defaults do not fit: a bf16 position
-# costs little against a pass's fixed cost (streaming the weights and the clip's keys and
-# values), so fewer, fuller passes pay. On the 56 AISHELL test clips (Xeon with AMX, one
-# core): (4, 3) 292 passes, 4,722 positions, 8.2 CPU s; (8, 5) 194 passes, 5,995 positions,
-# 7.2 CPU s; (8, 4) to (16, 6) within 10 %. float16 keeps (4, 3): 16.4 CPU s, (8, 5) 17.8.
-PASS_SHAPE = {"bfloat16": (8, 5)}
+# costs little against a pass's fixed cost (streaming 97 MB of weights and the clip's keys and
+# values), so fewer, fuller passes pay. On the 56 AISHELL test clips (Xeon with AMX, one core
+# each, two such runs at once as evaluate's two workers are; min of 6): (4, 3) 292 passes,
+# 4,722 positions; (8, 5) 194, 5,995, 8.7 CPU s (mean 10.0); (8, 8) 162, 6,929, 6.7 CPU s
+# (mean 8.6); (12, 8) the same; (16, 10) 7.3 (mean 9.5). float16 keeps (4, 3): 16.4 CPU s
+# alone, (8, 5) 17.8.
+PASS_SHAPE = {"bfloat16": (8, 8)}
 
 
 class _Linear:
@@ -103,7 +105,6 @@ class _Layer:
     self_out: _Linear
     self_norm: tuple  # (weight, bias)
     cross_q: _Linear
-    cross_kv: _Linear  # applied to the encoder output, once per clip
     cross_out: _Linear
     cross_norm: tuple
     fc1: _Linear
@@ -215,15 +216,11 @@ class DecoderScorer:
             weight = t(f"{prefix}.weight")
             return _Linear(weight, t(bias) if bias in sd else None, precision)
 
-        def cat(prefix: str, names: Sequence[str]) -> _Linear:
-            w = torch.cat([t(f"{prefix}.{n}.weight") for n in names])
+        def cat(names: Sequence[str]) -> _Linear:
+            """Linear layers fused into one (Whisper's key projections have no bias)."""
+            w = torch.cat([t(f"{n}.weight") for n in names])
             d = w.shape[1]
-            b = torch.cat(
-                [
-                    t(f"{prefix}.{n}.bias") if f"{prefix}.{n}.bias" in sd else torch.zeros(d)
-                    for n in names
-                ]
-            )
+            b = torch.cat([t(f"{n}.bias") if f"{n}.bias" in sd else torch.zeros(d) for n in names])
             return _Linear(w, b, precision)
 
         self.d_model = shape["d_model"]
@@ -243,16 +240,25 @@ class DecoderScorer:
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.positions = t("model.decoder.embed_positions.weight")
         self.final_norm = norm("model.decoder.layer_norm")
+        n_layers = shape["decoder_layers"]
+        # every layer's cross-attention keys and values, one product a clip: one weight read
+        # and one large matrix product (13 ms a clip in bf16, 28 ms as six)
+        self.cross_kv = cat(
+            [
+                f"model.decoder.layers.{i}.encoder_attn.{n}"
+                for i in range(n_layers)
+                for n in ("k_proj", "v_proj")
+            ]
+        )
         self.layers = []
-        for i in range(shape["decoder_layers"]):
+        for i in range(n_layers):
             p = f"model.decoder.layers.{i}"
             self.layers.append(
                 _Layer(
-                    self_qkv=cat(f"{p}.self_attn", ("q_proj", "k_proj", "v_proj")),
+                    self_qkv=cat([f"{p}.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj")]),
                     self_out=lin(f"{p}.self_attn.out_proj"),
                     self_norm=norm(f"{p}.self_attn_layer_norm"),
                     cross_q=lin(f"{p}.encoder_attn.q_proj"),
-                    cross_kv=cat(f"{p}.encoder_attn", ("k_proj", "v_proj")),
                     cross_out=lin(f"{p}.encoder_attn.out_proj"),
                     cross_norm=norm(f"{p}.encoder_attn_layer_norm"),
                     fc1=lin(f"{p}.fc1"),
@@ -269,14 +275,14 @@ class DecoderScorer:
         import torch
 
         enc = torch.from_numpy(np.ascontiguousarray(encoder_output, dtype=np.float32))
-        enc = enc.to(self.dtype)  # once, not per layer
-        cross = []
+        frames = enc.shape[0]
         with torch.inference_mode():
-            for layer in self.layers:
-                kv = layer.cross_kv(enc)
-                k, v = kv.split(self.d_model, dim=-1)
-                cross.append((self._heads(k).contiguous(), self._heads(v).contiguous()))
-        return ClipScores(cross)
+            kv = self.cross_kv(enc.to(self.dtype))  # [frames, layers * 2 * d_model]
+            # [layers, keys/values, heads, frames, head_dim]: each layer's keys and values
+            # contiguous, as attention reads them (one copy for all)
+            kv = kv.view(frames, len(self.layers), 2, self.heads, -1).permute(1, 2, 3, 0, 4)
+            kv = kv.contiguous()
+        return ClipScores([(kv[i, 0][None], kv[i, 1][None]) for i in range(len(self.layers))])
 
     def logprobs(
         self,
@@ -352,14 +358,15 @@ class DecoderScorer:
             for i, layer in enumerate(self.layers):
                 x = self._block(layer, x, requests, sizes, i, keys, values, state.cross[i])
             x = F.layer_norm(x, (self.d_model,), *self.final_norm, eps=_EPS)
-            logp = torch.log_softmax(self.output(x).float(), dim=-1)
+            logits = self.output(x).float()
             following = [
                 t
                 for r in requests
                 for t in (*r.full[r.start + 1 : r.end], self._follows(r.full, r.end))
             ]
-            tails = logp.gather(1, torch.tensor(following, dtype=torch.long)[:, None])[:, 0]
-            tails = tails.numpy()
+            # log-softmax at the tokens that follow only: <= 0 still (logsumexp >= the max)
+            picked = logits.gather(1, torch.tensor(following, dtype=torch.long)[:, None])[:, 0]
+            tails = (picked - torch.logsumexp(logits, dim=-1)).numpy()
         offset = 0
         for r, n, k, v in zip(requests, sizes, keys, values, strict=True):
             head = r.base.next_logprob[: r.start] if r.base is not None else np.empty(0)
