@@ -355,15 +355,16 @@ class _Scores:
             sums.append(0.0)  # nothing of it scored: the bound an empty start gives
         return min(sums) + self.scorer.noise
 
-    def limit(self, text: str) -> int | None:
+    def limit(self, text: str, known: int | None = None) -> int | None:
         """How far to score the text next: all of it, or with a scorer of prefixes the next
         ``PREFIX_CHUNK`` terms (or its ``shape``'s), then twice as many each time
-        (``GROWTH``), when more than that is left."""
+        (``GROWTH``), when more than that is left. ``known``: its leading terms known by
+        then (default: those known now)."""
         if not self.scorer.prefixes:
             return None
         step = self._steps.get(text, (self.scorer.shape or (PREFIX_CHUNK, BATCH))[0])
         self._steps[text] = step * GROWTH
-        limit = self.known_terms(text) + step
+        limit = (self.known_terms(text) if known is None else known) + step
         return None if limit >= self.terms(text) else limit
 
 
@@ -416,8 +417,17 @@ def _choose_pruned(
         )
 
     # The beam's best first, whole: it is the usual winner, and its source's score is what
-    # the bounds of its variants need.
-    scores.score(dict.fromkeys(needed(0)))
+    # the bounds of its variants need. With a scorer of prefixes the best bounds' starts go
+    # in the same pass, each a chunk past where it leaves the beam's best (what the next
+    # pass would ask of it): a pass fewer a clip, where a pass's fixed cost (streaming the
+    # weights) is most of its time, for their shared starts computed twice.
+    first: dict[str, int | None] = dict.fromkeys(needed(0))
+    if scorer.prefixes and end_scores is None:
+        best_tokens = scores.tokens(cands[0].text)
+        for _, j in sorted((bound(i), -i) for i in range(1, n))[-batch:]:
+            text = cands[-j].text
+            first[text] = scores.limit(text, shared_start(scores.tokens(text), best_tokens))
+    scores.score(first)
     while True:
         done = {i: exact(i) for i in range(n) if not needed(i)}
         best = max(done, key=lambda i: (done[i], -i))

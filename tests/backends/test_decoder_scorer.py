@@ -167,3 +167,29 @@ def test_a_sequence_scored_in_parts_keeps_each_position_once(tiny_ct2_dir, refer
         own = len(part.tokens) - part.start
         assert all(k.shape[2] == own for k in part.keys + part.values)
     assert sum(len(p.tokens) - p.start for p in parts) == len(PROMPT) + len(seq)
+
+
+def test_sequences_of_one_call_share_their_starts_within_the_pass(tiny_ct2_dir, reference):
+    """Rescoring's first pass asks for the beam's best whole and the other candidates'
+    starts together: a sequence that starts like one before it in the call computes only its
+    own part, on the other's keys and values of the same pass, and gets its terms."""
+    encoded, eot, want = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot, precision="float32")
+    state = scorer.clip(encoded)
+    first, variant, extended = SEQUENCES[0], SEQUENCES[3], SEQUENCES[2]
+    passes = []
+    compute = scorer._compute
+    scorer._compute = lambda state, requests: (passes.append(requests), compute(state, requests))
+    got = scorer.logprobs(state, PROMPT, [first, variant, extended])
+    assert len(passes) == 1
+    for terms, seq in zip(got, (first, variant, extended), strict=True):
+        np.testing.assert_allclose(terms, want(seq), atol=1e-4)
+    whole, own, longer = state.scored
+    # the variant leaves `first` at its third token: its own positions from the second's
+    # (whose output predicts the token that differs)
+    assert own.base is whole and own.start == len(PROMPT) + 1
+    # the extension has all of `first` but its end of text
+    assert longer.base is whole and longer.start == len(PROMPT) + len(first) - 1
+    assert sum(r.end - r.start for r in passes[0]) == len(state.scored[0].tokens) + (
+        len(PROMPT) + len(variant) - own.start
+    ) + (len(PROMPT) + len(extended) - longer.start)

@@ -146,24 +146,35 @@ class _Scored:
         return keys[::-1], values[::-1]
 
     def valid_for(self, full: tuple[int, ...], eot: int) -> int:
-        """How many of ``next_logprob``'s leading terms are those of sequence ``full``: all
-        of the shared start but its last, whose output predicted this sequence's next token
-        only if the two go on alike."""
-        k = shared_start(self.tokens, full)
-        if k == len(self.tokens) and self.follows == (full[k] if k < len(full) else eot):
-            return k
-        return max(0, k - 1)
+        """How many of ``next_logprob``'s leading terms are those of sequence ``full``."""
+        return _valid_terms(self.tokens, self.follows, full, eot)
+
+
+def _valid_terms(tokens: tuple[int, ...], follows: int, full: tuple[int, ...], eot: int) -> int:
+    """How many leading terms positions computed for ``tokens`` (whose last output scored
+    ``follows``) give sequence ``full``: all of the shared start but its last, whose output
+    predicted this sequence's next token only if the two go on alike."""
+    k = shared_start(tokens, full)
+    if k == len(tokens) and follows == (full[k] if k < len(full) else eot):
+        return k
+    return max(0, k - 1)
 
 
 @dataclass
 class _Request:
     """One sequence's positions ``start`` to ``end`` (exclusive) to compute in a batch, on
-    top of the keys and values of ``base``'s first ``start`` positions."""
+    top of the keys and values of ``base``'s first ``start`` positions: positions computed
+    before, or another request of the same pass (earlier in it), whose keys and values each
+    layer then reads as the pass computes them."""
 
     full: tuple[int, ...]
     end: int
-    base: _Scored | None
+    base: _Scored | _Request | None
     start: int
+    follows: int  # the token the last position's output scores (see _Scored)
+
+    def valid_for(self, full: tuple[int, ...], eot: int) -> int:
+        return _valid_terms(self.full[: self.end], self.follows, full, eot)
 
 
 @dataclass
@@ -310,10 +321,15 @@ class DecoderScorer:
                 )
             terms = len(seq) + 1 if limit is None else min(len(seq) + 1, max(1, limit))
             wanted.append((full, len(prompt) - 1 + terms))
+        # in the order asked: a sequence that starts like one planned before it in this call
+        # computes only its own part, on the other's keys and values of this same pass
         plans: dict[tuple, _Request] = {}
         for full, end in wanted:
-            if (full, end) not in plans and self._known(state, full, end) is None:
-                plans[(full, end)] = self._plan(state, full, end)
+            if (full, end) in plans or self._known(state, full, end) is not None:
+                continue
+            if any(r.valid_for(full, self.eot) >= end for r in plans.values()):
+                continue  # what a request of this pass computes gives it
+            plans[(full, end)] = self._plan(state, full, end, list(plans.values()))
         if plans:
             self._compute(state, list(plans.values()))
         out = []
@@ -330,14 +346,17 @@ class DecoderScorer:
                 return s.next_logprob[:end]
         return None
 
-    def _plan(self, state: ClipScores, full: tuple[int, ...], end: int) -> _Request:
-        """Reuse the computed positions that give the most of ``full``'s leading terms."""
+    def _plan(
+        self, state: ClipScores, full: tuple[int, ...], end: int, pending: list[_Request]
+    ) -> _Request:
+        """Reuse the positions, computed or planned in this pass, that give the most of
+        ``full``'s leading terms."""
         base, start = None, 0
-        for s in state.scored:
+        for s in (*state.scored, *pending):
             v = s.valid_for(full, self.eot)
             if v > start:
                 base, start = s, v
-        return _Request(full, end, base, start)
+        return _Request(full, end, base, start, self._follows(full, end))
 
     def _compute(self, state: ClipScores, requests: list[_Request]) -> None:
         """One decoder pass over every request's new positions, stacked: the linear layers
@@ -368,21 +387,22 @@ class DecoderScorer:
             picked = logits.gather(1, torch.tensor(following, dtype=torch.long)[:, None])[:, 0]
             tails = (picked - torch.logsumexp(logits, dim=-1)).numpy()
         offset = 0
+        made: dict[int, _Scored] = {}  # a request of this pass → what it became
         for r, n, k, v in zip(requests, sizes, keys, values, strict=True):
-            head = r.base.next_logprob[: r.start] if r.base is not None else np.empty(0)
+            base = made[id(r.base)] if isinstance(r.base, _Request) else r.base
+            head = base.next_logprob[: r.start] if base is not None else np.empty(0)
             tail = tails[offset : offset + n]
             offset += n
-            state.scored.append(
-                _Scored(
-                    r.full[: r.end],
-                    self._follows(r.full, r.end),
-                    k,
-                    v,
-                    np.concatenate([head, tail]).astype(np.float32),
-                    r.base if r.start else None,
-                    r.start,
-                )
+            made[id(r)] = _Scored(
+                r.full[: r.end],
+                r.follows,
+                k,
+                v,
+                np.concatenate([head, tail]).astype(np.float32),
+                base if r.start else None,
+                r.start,
             )
+            state.scored.append(made[id(r)])
 
     def _follows(self, full: tuple[int, ...], end: int) -> int:
         return full[end] if end < len(full) else self.eot
@@ -399,6 +419,7 @@ class DecoderScorer:
         q_all, k_all, v_all = layer.self_qkv(h).split(d, dim=-1)
         attended = []
         offset = 0
+        index = {id(r): j for j, r in enumerate(requests)}
         for r, n, rk, rv in zip(requests, sizes, keys, values, strict=True):
             q = self._heads(q_all[offset : offset + n])
             k = self._heads(k_all[offset : offset + n])
@@ -407,7 +428,7 @@ class DecoderScorer:
             rk.append(k)  # its own positions only (see _Scored)
             rv.append(v)
             if r.start:
-                before_k, before_v = r.base.cached(i, r.start)
+                before_k, before_v = self._before(r, i, index, keys, values)
                 k = torch.cat([*before_k, k], dim=2)
                 v = torch.cat([*before_v, v], dim=2)
             # causal over the whole sequence: new position j sees positions <= start + j
@@ -420,6 +441,25 @@ class DecoderScorer:
         x = x + layer.cross_out(self._merge(a))
         h = F.layer_norm(x, (d,), *layer.ffn_norm, eps=_EPS)
         return x + layer.fc2(F.gelu(layer.fc1(h)))
+
+    def _before(self, r: _Request, i: int, index: dict[int, int], keys, values) -> tuple:
+        """Layer ``i``'s keys and values of ``r``'s first ``r.start`` positions: along its
+        base chain, from requests of this pass (computed at this layer before ``r``) and then
+        from positions computed before."""
+        ks, vs = [], []  # the last positions first
+        base, end = r.base, r.start
+        while isinstance(base, _Request):
+            if end > base.start:
+                j = index[id(base)]
+                ks.append(keys[j][i][:, :, : end - base.start])
+                vs.append(values[j][i][:, :, : end - base.start])
+                end = base.start
+            base = base.base
+        if base is not None and end > 0:
+            cached_k, cached_v = base.cached(i, end)
+            ks.extend(reversed(cached_k))
+            vs.extend(reversed(cached_v))
+        return ks[::-1], vs[::-1]
 
     def _heads(self, x):
         """[n, d] → [1, heads, n, head_dim]: with a batch dimension, torch's CPU attention
