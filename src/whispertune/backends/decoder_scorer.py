@@ -6,14 +6,15 @@ layers × 1500 frames, a fixed 0.07 s a text on 2 cores), recomputes the prefix 
 candidate shares with the others, and normalizes over the text tokens only, so it cannot say
 how probable it is that the text *ends* there (the end-of-text term had to come from scoring
 each beam hypothesis again). Here the clip's keys and values are projected once and shared by
-every text; a text that starts like one already scored reuses that one's self-attention
-cache and computes only its own tail; and each text gets its full-vocabulary
-log-probabilities, end of text included.
+every text; a text that starts like one already scored, or like one before it in the same
+pass, reuses that one's self-attention keys and values and computes only its own tail; and
+each text gets its full-vocabulary log-probabilities, end of text included.
 
 The weights are the model's own, read from the CTranslate2 directory the backend decodes
-with and packed in float16 (the checkpoint's own precision) with float32 arithmetic, where
-CTranslate2 computes in int8. Plain torch, no transformers: the decoder is
-six pre-norm blocks and the scorer needs none of generate's machinery.
+with: in bf16 with autocast's arithmetic where the backend's encoder runs in bf16, packed in
+float16 (the checkpoint's own precision) with float32 arithmetic elsewhere (CTranslate2
+computes in int8). Plain torch, no transformers: the decoder is six pre-norm blocks and the
+scorer needs none of generate's machinery.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from whispertune.rescoring import shared_start
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-5  # Whisper's layer norms
+_LOGIT_ROWS = 32  # positions whose logits are taken to float32 at a time (see _compute)
 
 # How far two scorings of the same tokens may differ, per precision (nats, a sequence's sum;
 # rescoring's TokenScorer.noise). A pass stacks different positions, and the kernels sum in
@@ -377,15 +379,26 @@ class DecoderScorer:
             for i, layer in enumerate(self.layers):
                 x = self._block(layer, x, requests, sizes, i, keys, values, state.cross[i])
             x = F.layer_norm(x, (self.d_model,), *self.final_norm, eps=_EPS)
-            logits = self.output(x).float()
-            following = [
-                t
-                for r in requests
-                for t in (*r.full[r.start + 1 : r.end], self._follows(r.full, r.end))
-            ]
-            # log-softmax at the tokens that follow only: <= 0 still (logsumexp >= the max)
-            picked = logits.gather(1, torch.tensor(following, dtype=torch.long)[:, None])[:, 0]
-            tails = (picked - torch.logsumexp(logits, dim=-1)).numpy()
+            logits = self.output(x)
+            following = torch.tensor(
+                [
+                    t
+                    for r in requests
+                    for t in (*r.full[r.start + 1 : r.end], self._follows(r.full, r.end))
+                ],
+                dtype=torch.long,
+            )
+            # log-softmax at the tokens that follow only: <= 0 still (logsumexp >= the max),
+            # in float32 a block of rows at a time: a first pass of 200 positions would
+            # otherwise hold three float32 copies of its logits (40 MB each, per worker)
+            tails = []
+            for rows, ids in zip(
+                logits.split(_LOGIT_ROWS), following.split(_LOGIT_ROWS), strict=True
+            ):
+                rows = rows.float()
+                picked = rows.gather(1, ids[:, None])[:, 0]
+                tails.append((picked - torch.logsumexp(rows, dim=-1)).numpy())
+            tails = np.concatenate(tails)
         offset = 0
         made: dict[int, _Scored] = {}  # a request of this pass → what it became
         for r, n, k, v in zip(requests, sizes, keys, values, strict=True):
