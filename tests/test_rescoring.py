@@ -166,3 +166,42 @@ def test_scoring_starts_first_picks_the_exhaustive_choice_for_fewer_terms(monkey
     growing, growing_calls, choices_growing = _score_by_kind(2, monkeypatch)
     assert choices_growing == choices
     assert growing_calls["prefixes"] < fixed_calls["prefixes"], (growing_calls, fixed_calls)
+
+
+def test_a_scorer_whose_scores_move_with_the_pass_chooses_within_its_noise():
+    """In bf16 a text's terms move with the pass that computes them (decoder_scorer.NOISE);
+    the scorer declares how far, and the pruned choice then loses to the exhaustive one by
+    no more than twice that (each side may be off by it), never by a candidate dropped on a
+    bound its noise could have lifted."""
+    noise = 0.2
+    calls = []
+
+    def logprobs(texts, limits):
+        calls.append(texts)
+        rng = np.random.default_rng(len(calls))
+        out = []
+        for t, limit in zip(texts, limits, strict=True):
+            terms = _token_logprobs(t)
+            # a shift of at most noise / 2 over the whole text, spread over its terms
+            moved = terms + rng.uniform(-noise / 2, noise / 2) / len(terms)
+            out.append(np.minimum(moved, 0.0)[:limit])
+        return out
+
+    def exact_total(hyps, text):
+        from whispertune.rescoring import LM_WEIGHT, word_score
+
+        return float(_token_logprobs(text).sum()) + LM_WEIGHT * word_score(text)
+
+    scored = {noise: 0, 1e-3: 0}
+    for shape in ((4, 3), (8, 8)):
+        for hyps in BEAMS:
+            exhaustive = choose(hyps, lambda ts: [float(_token_logprobs(t).sum()) for t in ts])
+            for declared in scored:
+                scorer = TokenScorer(logprobs, str.encode, True, False, noise=declared, shape=shape)
+                pruned = choose(hyps, scorer)
+                scored[declared] += pruned.scored
+                if declared == noise:
+                    loss = exact_total(hyps, exhaustive.text) - exact_total(hyps, pruned.text)
+                    assert 0.0 <= loss <= 2 * noise, (hyps, pruned.text, exhaustive.text, loss)
+    # the declared noise keeps more candidates in play than float noise would
+    assert scored[noise] > scored[1e-3], scored

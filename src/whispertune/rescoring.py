@@ -275,7 +275,8 @@ def choose(
     word model, which prefers fewer words, would pick it.
 
     Given a :class:`TokenScorer`, only the candidates that may still win are scored (best
-    bound first); the choice is the one scoring every candidate would make.
+    bound first); the choice is the one scoring every candidate would make, but between
+    candidates closer than the scorer's ``noise``, which are a tie at its precision.
     """
     _tokenizer()  # the tables read below, built once under the lock (see _load_tokenizer)
     cands = candidates(hypotheses)
@@ -420,7 +421,8 @@ def _choose_pruned(
     # the bounds of its variants need. With a scorer of prefixes the best bounds' starts go
     # in the same pass, each a chunk past where it leaves the beam's best (what the next
     # pass would ask of it): a pass fewer a clip, where a pass's fixed cost (streaming the
-    # weights) is most of its time, for their shared starts computed twice.
+    # weights) is most of its time. The decoder scorer computes each only from where it
+    # leaves the beam's best, on that one's keys and values of the same pass.
     first: dict[str, int | None] = dict.fromkeys(needed(0))
     if scorer.prefixes and end_scores is None:
         best_tokens = scores.tokens(cands[0].text)

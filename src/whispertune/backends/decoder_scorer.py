@@ -202,10 +202,11 @@ class DecoderScorer:
         Why bf16 where the CPU has it: a pass's time is its matrix products, and oneDNN's
         bf16 kernels (AMX, AVX512-BF16) do several times float32's arithmetic a cycle; the
         weights stream from memory in 2 bytes either way. On a Xeon with AMX, one core,
-        the 56 AISHELL test clips' rescoring took 16.3 CPU s in float16, 10.4-11.9 in bf16,
-        with the same choices (docs/benchmarks.md). A position's terms are still the same in
-        whichever pass computes them (rows do not interact in these kernels), so the pruned
-        choice is the exhaustive one (tests/backends/test_rescoring.py)."""
+        the 56 AISHELL test clips' rescoring took 15.3 CPU s in float16, 7.2 in bf16 (the
+        same pass shape: 6.2 with this module's later changes), with the same CER
+        (docs/benchmarks.md). Its cost: a text's terms move with the pass that computes
+        them, by up to NOISE (the bf16 rounding of every product turns the kernels'
+        shape-dependent last bits into bf16 steps), which rescoring's bound allows for."""
         import torch
 
         from whispertune.models.ct2_import import ct2_to_state_dict, read_ct2_model
