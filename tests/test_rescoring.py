@@ -187,7 +187,7 @@ def test_a_scorer_whose_scores_move_with_the_pass_chooses_within_its_noise():
             out.append(np.minimum(moved, 0.0)[:limit])
         return out
 
-    def exact_total(hyps, text):
+    def exact_total(text):
         from whispertune.rescoring import LM_WEIGHT, word_score
 
         return float(_token_logprobs(text).sum()) + LM_WEIGHT * word_score(text)
@@ -201,7 +201,7 @@ def test_a_scorer_whose_scores_move_with_the_pass_chooses_within_its_noise():
                 pruned = choose(hyps, scorer)
                 scored[declared] += pruned.scored
                 if declared == noise:
-                    loss = exact_total(hyps, exhaustive.text) - exact_total(hyps, pruned.text)
+                    loss = exact_total(exhaustive.text) - exact_total(pruned.text)
                     assert 0.0 <= loss <= 2 * noise, (hyps, pruned.text, exhaustive.text, loss)
     # the declared noise keeps more candidates in play than float noise would
     assert scored[noise] > scored[1e-3], scored

@@ -226,6 +226,10 @@ class TokenScorer:
     noise: float = 1e-3
     shape: tuple[int, int] | None = None
 
+    def pass_shape(self) -> tuple[int, int]:
+        """(first chunk, candidates a pass): its ``shape``, else PREFIX_CHUNK and BATCH."""
+        return self.shape or (PREFIX_CHUNK, BATCH)
+
 
 # With a scorer of prefixes: a candidate's first pass scores this many terms past what is
 # known of it, and the candidates with the best bounds go together in one decoder pass (its
@@ -363,7 +367,7 @@ class _Scores:
         then (default: those known now)."""
         if not self.scorer.prefixes:
             return None
-        step = self._steps.get(text, (self.scorer.shape or (PREFIX_CHUNK, BATCH))[0])
+        step = self._steps.get(text, self.scorer.pass_shape()[0])
         self._steps[text] = step * GROWTH
         limit = (self.known_terms(text) if known is None else known) + step
         return None if limit >= self.terms(text) else limit
@@ -388,7 +392,7 @@ def _choose_pruned(
     terms further (or to its end); or as many as its ``shape`` says."""
     scores = _Scores(scorer)
     n = len(cands)
-    batch = (scorer.shape or (PREFIX_CHUNK, BATCH))[1] if scorer.prefixes else 1
+    batch = scorer.pass_shape()[1] if scorer.prefixes else 1
 
     def needed(i: int) -> list[str]:
         c = cands[i]

@@ -137,19 +137,25 @@ class _Scored:
 
     def cached(self, layer: int, end: int) -> tuple:
         """Keys and values of the first ``end`` positions for layer ``layer``: the chain's."""
-        keys, values = [], []
-        node: _Scored | None = self
-        while node is not None and end > 0:
-            if end > node.start:
-                keys.append(node.keys[layer][:, :, : end - node.start])
-                values.append(node.values[layer][:, :, : end - node.start])
-                end = node.start
-            node = node.base
-        return keys[::-1], values[::-1]
+        return _chain(self, layer, end)
 
     def valid_for(self, full: tuple[int, ...], eot: int) -> int:
         """How many of ``next_logprob``'s leading terms are those of sequence ``full``."""
         return _valid_terms(self.tokens, self.follows, full, eot)
+
+
+def _chain(node: _Scored | _Request | None, layer: int, end: int) -> tuple[list, list]:
+    """Layer ``layer``'s keys and values of the first ``end`` positions, read along a base
+    chain: each node holds its own positions (``start`` on) and its base the ones before.
+    A request of the pass being computed holds those of the layers computed so far."""
+    keys, values = [], []
+    while node is not None and end > 0:
+        if end > node.start:
+            keys.append(node.keys[layer][:, :, : end - node.start])
+            values.append(node.values[layer][:, :, : end - node.start])
+            end = node.start
+        node = node.base
+    return keys[::-1], values[::-1]
 
 
 def _valid_terms(tokens: tuple[int, ...], follows: int, full: tuple[int, ...], eot: int) -> int:
@@ -174,6 +180,9 @@ class _Request:
     base: _Scored | _Request | None
     start: int
     follows: int  # the token the last position's output scores (see _Scored)
+    # per layer, as the pass computes them: keys and values of its own positions
+    keys: list = field(default_factory=list)
+    values: list = field(default_factory=list)
 
     def valid_for(self, full: tuple[int, ...], eot: int) -> int:
         return _valid_terms(self.full[: self.end], self.follows, full, eot)
@@ -375,10 +384,8 @@ class DecoderScorer:
                 rows.append(self.embed[ids].float() + self.positions[r.start : r.end])
             x = torch.cat(rows)
             sizes = [r.end - r.start for r in requests]
-            keys: list[list] = [[] for _ in requests]
-            values: list[list] = [[] for _ in requests]
             for i, layer in enumerate(self.layers):
-                x = self._block(layer, x, requests, sizes, i, keys, values, state.cross[i])
+                x = self._block(layer, x, requests, sizes, i, state.cross[i])
             x = F.layer_norm(x, (self.d_model,), *self.final_norm, eps=_EPS)
             logits = self.output(x)
             following = torch.tensor(
@@ -402,7 +409,7 @@ class DecoderScorer:
             tails = np.concatenate(tails)
         offset = 0
         made: dict[int, _Scored] = {}  # a request of this pass → what it became
-        for r, n, k, v in zip(requests, sizes, keys, values, strict=True):
+        for r, n in zip(requests, sizes, strict=True):
             base = made[id(r.base)] if isinstance(r.base, _Request) else r.base
             head = base.next_logprob[: r.start] if base is not None else np.empty(0)
             tail = tails[offset : offset + n]
@@ -410,8 +417,8 @@ class DecoderScorer:
             made[id(r)] = _Scored(
                 r.full[: r.end],
                 r.follows,
-                k,
-                v,
+                r.keys,
+                r.values,
                 np.concatenate([head, tail]).astype(np.float32),
                 base if r.start else None,
                 r.start,
@@ -421,10 +428,10 @@ class DecoderScorer:
     def _follows(self, full: tuple[int, ...], end: int) -> int:
         return full[end] if end < len(full) else self.eot
 
-    def _block(self, layer: _Layer, x, requests, sizes, i: int, keys, values, cross):
+    def _block(self, layer: _Layer, x, requests, sizes, i: int, cross):
         """One pre-norm decoder block over the stacked new positions ``x`` ([n, d]); each
-        request's keys and values of layer ``i`` at its new positions are appended to
-        ``keys`` / ``values`` (before them, its base's chain is read)."""
+        request's keys and values of layer ``i`` at its new positions are appended to its
+        own (before them, its base's chain is read)."""
         import torch
         import torch.nn.functional as F
 
@@ -433,16 +440,15 @@ class DecoderScorer:
         q_all, k_all, v_all = layer.self_qkv(h).split(d, dim=-1)
         attended = []
         offset = 0
-        index = {id(r): j for j, r in enumerate(requests)}
-        for r, n, rk, rv in zip(requests, sizes, keys, values, strict=True):
+        for r, n in zip(requests, sizes, strict=True):
             q = self._heads(q_all[offset : offset + n])
             k = self._heads(k_all[offset : offset + n])
             v = self._heads(v_all[offset : offset + n])
             offset += n
-            rk.append(k)  # its own positions only (see _Scored)
-            rv.append(v)
+            r.keys.append(k)  # its own positions only (see _Scored)
+            r.values.append(v)
             if r.start:
-                before_k, before_v = self._before(r, i, index, keys, values)
+                before_k, before_v = _chain(r.base, i, r.start)
                 k = torch.cat([*before_k, k], dim=2)
                 v = torch.cat([*before_v, v], dim=2)
             # causal over the whole sequence: new position j sees positions <= start + j
@@ -455,25 +461,6 @@ class DecoderScorer:
         x = x + layer.cross_out(self._merge(a))
         h = F.layer_norm(x, (d,), *layer.ffn_norm, eps=_EPS)
         return x + layer.fc2(F.gelu(layer.fc1(h)))
-
-    def _before(self, r: _Request, i: int, index: dict[int, int], keys, values) -> tuple:
-        """Layer ``i``'s keys and values of ``r``'s first ``r.start`` positions: along its
-        base chain, from requests of this pass (computed at this layer before ``r``) and then
-        from positions computed before."""
-        ks, vs = [], []  # the last positions first
-        base, end = r.base, r.start
-        while isinstance(base, _Request):
-            if end > base.start:
-                j = index[id(base)]
-                ks.append(keys[j][i][:, :, : end - base.start])
-                vs.append(values[j][i][:, :, : end - base.start])
-                end = base.start
-            base = base.base
-        if base is not None and end > 0:
-            cached_k, cached_v = base.cached(i, end)
-            ks.extend(reversed(cached_k))
-            vs.extend(reversed(cached_v))
-        return ks[::-1], vs[::-1]
 
     def _heads(self, x):
         """[n, d] → [1, heads, n, head_dim]: with a batch dimension, torch's CPU attention
