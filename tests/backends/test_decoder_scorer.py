@@ -148,6 +148,28 @@ def test_in_bf16_scores_stay_near_and_within_the_noise_declared(tiny_ct2_dir, re
             assert abs(float(other.sum()) - float(whole.sum())) <= NOISE["bfloat16"]
 
 
+
+def test_in_bf16_weights_packed_for_onednn_score_as_the_plain_weights(
+    tiny_ct2_dir, reference, monkeypatch
+):
+    """The bf16 linears take oneDNN's packed weights (reordered once, not per call): the
+    same kernel, so the same scores to the bit as the plain weights; where torch has no
+    oneDNN the plain weights are used."""
+    from whispertune.backends import decoder_scorer
+
+    encoded, eot, _ = reference
+    packed = DecoderScorer(tiny_ct2_dir, eot, precision="bfloat16")
+    if packed.output.packed is None:
+        pytest.skip("this torch has no oneDNN bf16 linear")
+    assert packed.layers[0].fc1.weight is None  # one copy of the weights, not two
+    monkeypatch.setattr(decoder_scorer, "_mkldnn_packed", lambda weight: None)
+    plain = DecoderScorer(tiny_ct2_dir, eot, precision="bfloat16")
+    assert plain.output.packed is None
+    a = packed.logprobs(packed.clip(encoded), PROMPT, SEQUENCES)
+    b = plain.logprobs(plain.clip(encoded), PROMPT, SEQUENCES)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
 def test_a_sequence_scored_in_parts_keeps_each_position_once(tiny_ct2_dir, reference):
     """Long-form rescoring scores long candidates a few positions at a time: each part keeps
     the self-attention keys and values of its own positions and reads the rest from the part

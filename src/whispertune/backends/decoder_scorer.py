@@ -32,7 +32,7 @@ from whispertune.rescoring import shared_start
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-5  # Whisper's layer norms
-_LOGIT_ROWS = 32  # positions whose logits are taken to float32 at a time (see _compute)
+_LOGIT_ROWS = 8  # positions whose logits are taken to float32 at a time (see _compute)
 
 # How far two scorings of the same tokens may differ, per precision (nats, a sequence's sum;
 # rescoring's TokenScorer.noise). A pass stacks different positions, and the kernels sum in
@@ -67,7 +67,9 @@ class _Linear:
     (see DecoderScorer). ``"float32"``: plain float32 weights (a reference for tests).
     """
 
-    def __init__(self, weight, bias, precision: str) -> None:
+    def __init__(self, weight, bias, precision: str, keep_weight: bool = False) -> None:
+        """``keep_weight``: keep the plain bf16 weight beside oneDNN's packed copy (the
+        output projection's is also the embedding table)."""
         import torch
 
         self.precision = precision
@@ -76,6 +78,9 @@ class _Linear:
         elif precision == "bfloat16":
             self.weight = weight.to(torch.bfloat16)
             self.bias = None if bias is None else bias.to(torch.bfloat16)
+            self.packed = _mkldnn_packed(self.weight)
+            if self.packed is not None and not keep_weight:
+                self.weight = None  # one copy of the weights, not two
         else:
             self.weight, self.bias = weight.float(), bias
 
@@ -85,7 +90,31 @@ class _Linear:
 
         if self.precision == "float16":
             return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+        if self.precision == "bfloat16" and self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(
+                x.to(torch.bfloat16), self.packed, self.bias, "none", [], ""
+            )
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
+def _mkldnn_packed(weight):
+    """``weight`` (bf16) reordered once into oneDNN's blocked layout, or None where this
+    torch has no oneDNN. Why: ``F.linear`` hands oneDNN the plain weight and it reorders it
+    on every call; for the 51,865-word output projection at the ~50 positions of a pass that
+    was half the call (19 ms against 10 on one core, Xeon with AMX). The products are the
+    same kernel's, bit for bit. The op is the one torch's own compiler uses for frozen bf16
+    linears on the CPU."""
+    import torch
+
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        probe = torch.zeros(1, weight.shape[1], dtype=torch.bfloat16)
+        torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+    return packed
 
 
 def packed_float16_available() -> bool:
@@ -250,7 +279,7 @@ class DecoderScorer:
         self.heads = shape["decoder_attention_heads"]
         self.eot = eot
         embed = t("model.decoder.embed_tokens.weight")
-        self.output = _Linear(embed, None, precision)  # tied to the embedding, as in Whisper
+        self.output = _Linear(embed, None, precision, keep_weight=True)  # tied to the embedding, as in Whisper
         # rows read as float32; in bf16 the output projection's copy (one table, not two)
         if precision == "float16":
             self.embed = embed.half()
@@ -398,7 +427,9 @@ class DecoderScorer:
             )
             # log-softmax at the tokens that follow only: <= 0 still (logsumexp >= the max),
             # in float32 a block of rows at a time: a first pass of 200 positions would
-            # otherwise hold three float32 copies of its logits (40 MB each, per worker)
+            # otherwise hold three float32 copies of its logits (40 MB each, per worker), and
+            # 8 rows (1.7 MB) stay in the core's cache through logsumexp's passes (32 rows:
+            # 6.1 ms for 52 positions, 8 rows: 5.4, one core)
             tails = []
             for rows, ids in zip(
                 logits.split(_LOGIT_ROWS), following.split(_LOGIT_ROWS), strict=True
