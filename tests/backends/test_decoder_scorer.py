@@ -148,7 +148,6 @@ def test_in_bf16_scores_stay_near_and_within_the_noise_declared(tiny_ct2_dir, re
             assert abs(float(other.sum()) - float(whole.sum())) <= NOISE["bfloat16"]
 
 
-
 def test_in_bf16_weights_packed_for_onednn_score_as_the_plain_weights(
     tiny_ct2_dir, reference, monkeypatch
 ):
@@ -169,6 +168,7 @@ def test_in_bf16_weights_packed_for_onednn_score_as_the_plain_weights(
     b = plain.logprobs(plain.clip(encoded), PROMPT, SEQUENCES)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
+
 
 def test_a_sequence_scored_in_parts_keeps_each_position_once(tiny_ct2_dir, reference):
     """Long-form rescoring scores long candidates a few positions at a time: each part keeps

@@ -279,7 +279,8 @@ class DecoderScorer:
         self.heads = shape["decoder_attention_heads"]
         self.eot = eot
         embed = t("model.decoder.embed_tokens.weight")
-        self.output = _Linear(embed, None, precision, keep_weight=True)  # tied to the embedding, as in Whisper
+        # tied to the embedding, as in Whisper
+        self.output = _Linear(embed, None, precision, keep_weight=True)
         # rows read as float32; in bf16 the output projection's copy (one table, not two)
         if precision == "float16":
             self.embed = embed.half()
