@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import pickle
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from whispertune.models.cache import cache_dir
+from whispertune.lexicon import lexicon
 from whispertune.numerals import arabic_to_hanzi
 from whispertune.text import remove_punctuation, to_simplified
 
@@ -49,13 +46,7 @@ logger = logging.getLogger(__name__)
 LM_WEIGHT = 1.0
 CHAR_BONUS = 5.0
 MAX_VARIANTS = 8
-# Dictionary words rarer than this are no alternatives (jieba counts: median ~3).
-_MIN_COUNT = 3
 _VARIANTS_PER_SOUND = 3
-_HAN = re.compile(r"[\u4e00-\u9fff]")
-# The first clips of a batch arrive from several workers (and a model may be shared by
-# several threads): the word model and the homophone index are built under it.
-_build_lock = threading.Lock()
 
 
 def wants_rescoring(enabled: bool, language: str | None, task: str) -> bool:
@@ -64,41 +55,20 @@ def wants_rescoring(enabled: bool, language: str | None, task: str) -> bool:
 
 
 def prepare_rescoring() -> None:
-    """Load the word model and the homophone index now (about 1.5 s, once per process),
-    for a backend that loads them while its first clips decode."""
+    """Load pypinyin and the word tables now (0.3 CPU s once per process; building the
+    tables the first time on a machine takes ~15 s), for a backend that loads them while its
+    first clips decode."""
     from pypinyin import lazy_pinyin
 
     lazy_pinyin("预备")
-    _tokenizer()
-    _sound_index()
-
-
-def _tokenizer():
-    with _build_lock:
-        return _load_tokenizer()
-
-
-@lru_cache(maxsize=1)
-def _load_tokenizer():
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    tok = jieba.Tokenizer()
-    tok.check_initialized()
-    return tok
+    lexicon()
 
 
 @lru_cache(maxsize=4096)  # candidates are sorted by it, then scored with it
 def word_logprob(text: str) -> float:
     """Natural log-probability of ``text`` under jieba's unigram word model (its best
     segmentation). Numbers are scored as read, so that ``4000万`` and ``四千万`` tie."""
-    s = _comparable(text)
-    if not s:
-        return 0.0
-    tok = _tokenizer()
-    route: dict[int, tuple[float, int]] = {}
-    tok.calc(s, tok.get_DAG(s), route)  # reads the dictionary only: safe across threads
-    return route[0][0]
+    return lexicon().word_logprob(_comparable(text))
 
 
 def word_score(text: str, char_bonus: float = CHAR_BONUS) -> float:
@@ -112,38 +82,6 @@ def _comparable(text: str) -> str:
     return re.sub(r"\s+", "", remove_punctuation(to_simplified(arabic_to_hanzi(text))))
 
 
-def _sound_index() -> dict[str, list[str]]:
-    with _build_lock:
-        return _load_sound_index()
-
-
-@lru_cache(maxsize=1)
-def _load_sound_index() -> dict[str, list[str]]:
-    """Toneless pinyin of each dictionary word of 2–4 characters → the words, most frequent
-    first. Built once (~15 s) and cached on disk."""
-    import jieba
-    from pypinyin import lazy_pinyin
-
-    path = cache_dir("rescoring") / f"sounds-jieba{jieba.__version__}.pickle"
-    if path.is_file():
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f)
-        except (OSError, pickle.UnpicklingError, EOFError):
-            logger.warning("rebuilding the unreadable homophone index %s", path)
-    logger.info("building the homophone index (once, ~15 s)")
-    by_sound: dict[str, list[tuple[int, str]]] = {}
-    for word, count in _load_tokenizer().FREQ.items():
-        if count >= _MIN_COUNT and 2 <= len(word) <= 4 and all(_HAN.match(c) for c in word):
-            by_sound.setdefault(" ".join(lazy_pinyin(word)), []).append((count, word))
-    index = {k: [w for _, w in sorted(v, reverse=True)] for k, v in by_sound.items()}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
-    return index
-
-
 def homophone_variants(text: str) -> set[str]:
     """``text`` (simplified) with one run of 2–4 Chinese characters replaced by a frequent
     dictionary word that sounds the same (tones ignored)."""
@@ -152,14 +90,14 @@ def homophone_variants(text: str) -> set[str]:
     sounds = lazy_pinyin(text, errors=lambda chars: [""] * len(chars))
     if len(sounds) != len(text):  # pypinyin merged something: do not guess positions
         return set()
-    index = _sound_index()
+    words = lexicon()
     out = set()
     for n in (2, 3, 4):
         for i in range(len(text) - n + 1):
             if not all(sounds[i : i + n]):
                 continue
             span = text[i : i + n]
-            for word in index.get(" ".join(sounds[i : i + n]), ())[:_VARIANTS_PER_SOUND]:
+            for word in words.homophones(" ".join(sounds[i : i + n]))[:_VARIANTS_PER_SOUND]:
                 if word != span:
                     out.add(text[:i] + word + text[i + n :])
     return out
@@ -282,7 +220,7 @@ def choose(
     bound first); the choice is the one scoring every candidate would make, but between
     candidates closer than the scorer's ``noise``, which are a tie at its precision.
     """
-    _tokenizer()  # the tables read below, built once under the lock (see _load_tokenizer)
+    lexicon()  # the tables read below, built once under its lock
     cands = candidates(hypotheses)
     if len(cands) <= 1:  # nothing to choose between: no acoustic pass
         return Choice(cands[0].text if cands else "", 0, 0)

@@ -284,7 +284,8 @@ class CT2Transcriber(Transcriber):
 
     def _prepare_rescoring(self, batch: ClipBatch, options: DecodeOptions) -> None:
         """On the first batch that will be rescored, load what rescoring needs (torch, the
-        decoder scorer, the word model and the homophone index: 1.5-2 CPU s) in a thread
+        decoder scorer, pypinyin and the word tables: 0.6-0.8 CPU s; lexicon.py reads
+        the tables' buckets as they are looked up) in a thread
         of its own while the clips are encoded and decoded. Loaded by the first clip to be
         rescored instead, it held up the other worker too, which waits on the same loads:
         a core idle for seconds per run (5 % of the 56 AISHELL test clips' time)."""
