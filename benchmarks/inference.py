@@ -17,6 +17,10 @@ Long-form part: ../shared/data/longform (3.6 min of Mandarin): our two long-form
 faster-whisper's sequential ``transcribe`` and its ``BatchedInferencePipeline``: RTF, CER of
 the whole text, share of segment starts within 0.5 s of a true sentence start, peak RSS.
 
+On a shared machine one run's ratios move by several points with the load of the other
+jobs: ``--runs 3`` or more gives each run's and their median (every other run in the reverse
+order of runners).
+
 Every runner runs in its own process (so peak RSS is its own, model included); timing starts
 after the model is loaded and stops when the last text is out. Audio decoding is inside the
 timing for every runner, as each does it in normal use (faster-whisper: PyAV; ours: soundfile).
@@ -351,7 +355,13 @@ def main() -> None:
     p.add_argument("--part", choices=["dataset", "longform", "all"], default="all")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="builtin:base")
-    p.add_argument("--runs", type=int, default=1, help="repeat the whole table")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="repeat the whole table, every other time in the reverse order; then a line of "
+        "what rescoring added in each run and their median",
+    )
     p.add_argument(
         "--only",
         nargs="*",
@@ -375,23 +385,45 @@ def main() -> None:
     args.workdir = args.workdir or tmp.name
     names = runners(args, test_manifest(Path(args.workdir)), Path(args.workdir))
     parts = ["dataset", "longform"] if args.part == "all" else [args.part]
+    adds: dict[str, list[tuple[float, float]]] = {}
     for run in range(args.runs):
         for part in parts:
-            rows = []
-            for name in names[part]:
-                if args.only and not any(
-                    name.endswith(o[:-1]) if o.endswith("$") else o in name for o in args.only
-                ):
-                    continue
+            chosen = [
+                name
+                for name in names[part]
+                if not args.only
+                or any(name.endswith(o[:-1]) if o.endswith("$") else o in name for o in args.only)
+            ]
+            # every other run in the reverse order: on a shared machine whose load drifts
+            # during a run, a row and its peer then swap places
+            order = chosen if run % 2 == 0 else chosen[::-1]
+            results = {}
+            for name in order:
                 print(f"[run {run + 1}] {part}: {name} ...", file=sys.stderr, flush=True)
-                rows.append((name, run_child(args, part, name)))
+                results[name] = run_child(args, part, name)
+            rows = [(name, results[name]) for name in chosen]
             if part == "dataset":
-                print_dataset(rows, args, run, test_manifest(Path(args.workdir)))
+                for suffix, share in print_dataset(
+                    rows, args, run, test_manifest(Path(args.workdir))
+                ).items():
+                    adds.setdefault(suffix, []).append(share)
             else:
                 print_longform(rows, args, run)
+    if args.runs > 1:
+        for suffix, shares in adds.items():
+            walls = sorted(w for w, _ in shares)
+            print(
+                f"\nover {len(shares)} runs, rescoring adds "
+                + " / ".join(f"{w * 100:.0f}" for w, _ in shares)
+                + f" % to --no-rescore's time (median {walls[len(walls) // 2] * 100:.0f} %; "
+                + "CPU "
+                + " / ".join(f"{c * 100:.0f}" for _, c in shares)
+                + f" %){suffix}"
+            )
 
 
-def print_dataset(rows, args, run, manifest: Path) -> None:
+def print_dataset(rows, args, run, manifest: Path) -> dict[str, tuple[float, float]]:
+    """The run's table; returns what rescoring adds (wall, CPU shares) per encoder."""
     from whispertune.audio import audio_duration
 
     samples = _samples(manifest)
@@ -423,6 +455,7 @@ def print_dataset(rows, args, run, manifest: Path) -> None:
             f"{cer(r['refs'], r['hyps']) * 100:.2f} | {r['rss_mb']:.0f} |"
         )
     ok = {n: r for n, r in rows if "error" not in r}
+    adds = {}
     for suffix in ("", INT8_ENCODER):
         rescored, plain = ok.get(RESCORED + suffix), ok.get(PLAIN + suffix)
         if rescored and plain:
@@ -432,6 +465,8 @@ def print_dataset(rows, args, run, manifest: Path) -> None:
                 f"\nrescoring adds {wall * 100:.0f} % to --no-rescore's time "
                 f"({cpu * 100:.0f} % CPU){suffix}"
             )
+            adds[suffix] = (wall, cpu)
+    return adds
 
 
 def print_longform(rows, args, run) -> None:
