@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -411,11 +412,11 @@ def main() -> None:
                 print_longform(rows, args, run)
     if args.runs > 1:
         for suffix, shares in adds.items():
-            walls = sorted(w for w, _ in shares)
+            median = statistics.median(w for w, _ in shares)
             print(
                 f"\nover {len(shares)} runs, rescoring adds "
                 + " / ".join(f"{w * 100:.0f}" for w, _ in shares)
-                + f" % to --no-rescore's time (median {walls[len(walls) // 2] * 100:.0f} %; "
+                + f" % to --no-rescore's time (median {median * 100:.0f} %; "
                 + "CPU "
                 + " / ".join(f"{c * 100:.0f}" for _, c in shares)
                 + f" %){suffix}"
