@@ -78,8 +78,12 @@ def test_an_unreadable_cache_is_rebuilt_whole(tmp_path, monkeypatch):
     }
     monkeypatch.setattr(lexicon_module, "_build", lambda: small)
     lexicon_module._load.cache_clear()
+    stale = tmp_path / "rescoring" / "sounds-jieba0.42.1.pickle"  # the index before them
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     try:
         built = lexicon()
+        assert not stale.exists()
         assert built.homophones("yang yan") == ("扬言",)
         (path,) = (tmp_path / "rescoring").glob("lexicon*.pickle")
         path.write_bytes(path.read_bytes()[:100])

@@ -39,8 +39,8 @@ _HAN = re.compile(r"[\u4e00-\u9fff]")
 _build_lock = threading.Lock()
 
 
-def _bucket(key: str) -> int:
-    return zlib.crc32(key.encode("utf-8")) % _BUCKETS
+def _bucket(key: str, buckets: int) -> int:
+    return zlib.crc32(key.encode("utf-8")) % buckets
 
 
 @dataclass
@@ -55,7 +55,7 @@ class _Buckets:
         self.loaded = [None] * len(self.blobs)
 
     def bucket(self, key: str) -> dict:
-        i = _bucket(key)
+        i = _bucket(key, len(self.blobs))  # as many as the tables were cut into
         table = self.loaded[i]
         if table is None:
             table = self.loaded[i] = marshal.loads(self.blobs[i])
@@ -65,7 +65,7 @@ class _Buckets:
     def cut(table: dict[str, object], bucket_key) -> list[bytes]:
         parts: list[dict] = [{} for _ in range(_BUCKETS)]
         for key, value in table.items():
-            parts[_bucket(bucket_key(key))][key] = value
+            parts[_bucket(bucket_key(key), _BUCKETS)][key] = value
         return [marshal.dumps(p) for p in parts]
 
 
@@ -137,6 +137,8 @@ def _load() -> Lexicon:
     with open(tmp, "wb") as f:
         pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
     tmp.replace(path)  # whole or not at all, whoever builds it at the same time
+    for stale in path.parent.glob("sounds-jieba*.pickle"):  # the index before these tables
+        stale.unlink(missing_ok=True)
     return Lexicon(_Buckets(saved["words"]), saved["total"], _Buckets(saved["sounds"]))
 
 

@@ -64,7 +64,8 @@ class _Linear:
     activations per call, which made a position's score depend on the other positions of
     the call (up to 1.3 nats).
     ``"bfloat16"``: weights and inputs in bf16, the output bf16, as ``torch.autocast`` does
-    (see DecoderScorer). ``"float32"``: plain float32 weights (a reference for tests).
+    (see DecoderScorer); the weight handed to oneDNN in its own layout, reordered once
+    (``_mkldnn_packed``). ``"float32"``: plain float32 weights (a reference for tests).
     """
 
     def __init__(self, weight, bias, precision: str, keep_weight: bool = False) -> None:
