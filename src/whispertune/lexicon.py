@@ -49,7 +49,7 @@ class _Buckets:
     unmarshal the same bucket at once; both get equal dicts and one is kept."""
 
     blobs: list[bytes]
-    loaded: list[dict | None] = field(default_factory=list)
+    loaded: list[dict | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.loaded = [None] * len(self.blobs)
@@ -82,6 +82,11 @@ class Lexicon:
     def count(self, word: str) -> int | None:
         """jieba's ``FREQ.get(word)``: None where the dictionary has no such entry."""
         return self.words.bucket(word[0]).get(word)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> Lexicon:
+        """From the tables as ``_build`` makes them and the cache keeps them."""
+        return cls(_Buckets(saved["words"]), saved["total"], _Buckets(saved["sounds"]))
 
     def homophones(self, sound: str) -> Sequence[str]:
         return self.sounds.bucket(sound).get(sound, ())
@@ -128,7 +133,7 @@ def _load() -> Lexicon:
         try:
             with open(path, "rb") as f:
                 saved = pickle.load(f)
-            return Lexicon(_Buckets(saved["words"]), saved["total"], _Buckets(saved["sounds"]))
+            return Lexicon.from_saved(saved)
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError):
             logger.warning("rebuilding the unreadable word tables %s", path)
     logger.info("building the word tables from jieba's dictionary (once, ~15 s)")
@@ -139,7 +144,7 @@ def _load() -> Lexicon:
     tmp.replace(path)  # whole or not at all, whoever builds it at the same time
     for stale in path.parent.glob("sounds-jieba*.pickle"):  # the index before these tables
         stale.unlink(missing_ok=True)
-    return Lexicon(_Buckets(saved["words"]), saved["total"], _Buckets(saved["sounds"]))
+    return Lexicon.from_saved(saved)
 
 
 def _build() -> dict:

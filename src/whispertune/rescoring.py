@@ -220,7 +220,6 @@ def choose(
     bound first); the choice is the one scoring every candidate would make, but between
     candidates closer than the scorer's ``noise``, which are a tie at its precision.
     """
-    lexicon()  # the tables read below, built once under its lock
     cands = candidates(hypotheses)
     if len(cands) <= 1:  # nothing to choose between: no acoustic pass
         return Choice(cands[0].text if cands else "", 0, 0)

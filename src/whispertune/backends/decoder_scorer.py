@@ -165,10 +165,6 @@ class _Scored:
     base: _Scored | None = None
     start: int = 0
 
-    def cached(self, layer: int, end: int) -> tuple:
-        """Keys and values of the first ``end`` positions for layer ``layer``: the chain's."""
-        return _chain(self, layer, end)
-
     def valid_for(self, full: tuple[int, ...], eot: int) -> int:
         """How many of ``next_logprob``'s leading terms are those of sequence ``full``."""
         return _valid_terms(self.tokens, self.follows, full, eot)
