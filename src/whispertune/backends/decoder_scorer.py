@@ -331,7 +331,6 @@ class DecoderScorer:
             # [layers, keys/values, heads, frames, head_dim]: each layer's keys and values
             # contiguous, as attention reads them (one copy for all)
             kv = kv.view(frames, len(self.layers), 2, self.heads, -1).permute(1, 2, 3, 0, 4)
-            kv = kv.contiguous()
         return ClipScores([(kv[i, 0][None], kv[i, 1][None]) for i in range(len(self.layers))])
 
     def logprobs(
