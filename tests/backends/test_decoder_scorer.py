@@ -170,6 +170,27 @@ def test_in_bf16_weights_packed_for_onednn_score_as_the_plain_weights(
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cross_keys_values_are_read_in_place_and_score_as_a_contiguous_copy(
+    tiny_ct2_dir, reference, precision
+):
+    """A clip's keys and values are views of the one product that made them (no per-layer
+    copy): attention reads them with the same bits as a contiguous copy of them."""
+    from whispertune.backends.decoder_scorer import ClipScores
+
+    encoded, eot, _ = reference
+    scorer = DecoderScorer(tiny_ct2_dir, eot, precision=precision)
+    state = scorer.clip(encoded)
+    keys, values = state.cross[0]
+    assert not keys.is_contiguous() and keys.stride(-1) == 1
+    assert keys.untyped_storage().data_ptr() == state.cross[-1][1].untyped_storage().data_ptr()
+    copied = ClipScores([(k.contiguous(), v.contiguous()) for k, v in state.cross])
+    a = scorer.logprobs(state, PROMPT, SEQUENCES)
+    b = scorer.logprobs(copied, PROMPT, SEQUENCES)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_a_sequence_scored_in_parts_keeps_each_position_once(tiny_ct2_dir, reference):
     """Long-form rescoring scores long candidates a few positions at a time: each part keeps
     the self-attention keys and values of its own positions and reads the rest from the part

