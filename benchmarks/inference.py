@@ -14,8 +14,8 @@ int8 encoder (the bf16 encoder's peer); the lines under the table are what resco
 the time: the two rows compared, and rescoring's own CPU time within the rescored run (the
 threads' CPU while they choose, score and load for rescoring) against the rest of that run's.
 The rows run minutes apart, and on a shared machine the load moves between them by more than
-rescoring costs (5-39 % in one evening's fourteen runs of one code); the second figure is
-measured under one load, stayed within 18-20 % in eight runs of that code.
+rescoring costs (5-39 % in one evening's eighteen runs of one code); the second figure is
+measured under one load, stayed within 18-20 % in twelve runs of that code.
 
 Long-form part: ../shared/data/longform (3.6 min of Mandarin): our two long-form modes against
 faster-whisper's sequential ``transcribe`` and its ``BatchedInferencePipeline``: RTF, CER of
