@@ -424,7 +424,7 @@ def main() -> None:
     args.workdir = args.workdir or tmp.name
     names = runners(args, test_manifest(Path(args.workdir)), Path(args.workdir))
     parts = ["dataset", "longform"] if args.part == "all" else [args.part]
-    adds: dict[str, list[tuple[float, float]]] = {}
+    adds: dict[str, list[tuple[float, float, float]]] = {}
     for run in range(args.runs):
         for part in parts:
             chosen = [
@@ -464,8 +464,9 @@ def main() -> None:
             )
 
 
-def print_dataset(rows, args, run, manifest: Path) -> dict[str, tuple[float, float]]:
-    """The run's table; returns what rescoring adds (wall, CPU shares) per encoder."""
+def print_dataset(rows, args, run, manifest: Path) -> dict[str, tuple[float, float, float]]:
+    """The run's table; returns what rescoring adds per encoder: (wall, CPU) of the two rows
+    compared, and its own CPU's share of the rest of the rescored run."""
     from whispertune.audio import audio_duration
 
     samples = _samples(manifest)
